@@ -1,0 +1,1 @@
+"""robench's built-in attacks, registered under the ``robench.attacks`` entry-point group."""

@@ -1,0 +1,1 @@
+"""Named benchmark grids as data files, registered under ``robench.benchmarks``."""

@@ -1,0 +1,60 @@
+"""The Attack base class: the public call owns the invariants, subclasses own the algorithm."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from robench.threat import ThreatModel
+
+
+class AttackNotApplicable(ValueError):
+    """The attack cannot run under the requested threat model (e.g. an unsupported norm)."""
+
+
+class Attack:
+    """An adversarial attack with keyword-only hyperparameters; the threat model is a call argument.
+
+    Subclasses implement :meth:`run` and declare ``norms`` (supported norms), ``kind``
+    (``white-box``, ``transfer`` or ``black-box``) and ``version`` (bump when outputs change).
+    """
+
+    norms: tuple[str, ...] = ("Linf", "L2")
+    kind: str = "white-box"
+    version: str = "1"
+
+    def __call__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        threat: ThreatModel,
+        *,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """Attack ``model`` on images ``x`` (B, C, H, W) in [0, 1] with labels ``y`` (B,); returns x_adv."""
+        if threat.norm not in self.norms:
+            raise AttackNotApplicable(
+                f"{type(self).__name__} supports {', '.join(self.norms)}, not {threat.norm}"
+            )
+        lo, hi = threat.bounds
+        if x.numel() and (x.min() < lo or x.max() > hi):
+            raise ValueError(f"images must lie in {threat.bounds}; got [{x.min().item():.3g}, {x.max().item():.3g}]")
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} images but {len(y)} labels")
+        if len(x) == 0:
+            return x.clone()
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            was_training = model.training
+            model.eval()
+            try:
+                x_adv = self.run(model, x.detach().clone(), y, threat)
+            finally:
+                model.train(was_training)
+        return threat.project(x_adv.detach(), x)
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+        raise NotImplementedError

@@ -1,0 +1,100 @@
+"""Cells: one frozen evaluation (dataset x model x defense x attack x setting x threat), and its key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+
+from robench.spec import Spec, SpecError, parse_spec
+from robench.threat import ThreatModel
+
+SETTINGS = ("adaptive", "oblivious", "transfer", "surrogate-defense")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Everything that determines one evaluation's numbers (DESIGN §5).
+
+    Settings are views the runner builds (DESIGN §4): ``adaptive`` attacks the defended
+    pipeline (BPDA / EOT as the defense declares); ``oblivious`` attacks the bare model;
+    ``transfer`` attacks the ``sources`` (an ensemble averages logits); ``surrogate-defense``
+    attacks the ``sources`` behind ``attack_defense`` with BPDA. All score the defended model.
+    """
+
+    dataset: Spec
+    model: Spec
+    defense: Spec
+    attack: Spec
+    threat: ThreatModel
+    setting: str = "adaptive"
+    n: int = 64
+    split: str = "test"
+    sample_seed: int | None = None
+    seed: int = 0
+    draws: int = 1
+    eot: int = 1
+    batch_size: int = 64
+    sources: tuple[Spec, ...] = field(default=())
+    attack_defense: Spec | None = None
+
+    def __post_init__(self):
+        for name in ("dataset", "model", "defense", "attack"):
+            object.__setattr__(self, name, parse_spec(getattr(self, name)))
+        object.__setattr__(self, "sources", tuple(parse_spec(s) for s in self.sources))
+        if self.attack_defense is not None:
+            object.__setattr__(self, "attack_defense", parse_spec(self.attack_defense))
+        if self.setting not in SETTINGS:
+            raise SpecError(f"unknown setting {self.setting!r}; choose one of {', '.join(SETTINGS)}")
+        if self.setting in ("transfer", "surrogate-defense") and not self.sources:
+            raise SpecError(f"setting {self.setting!r} needs at least one source model")
+        if self.setting not in ("transfer", "surrogate-defense") and self.sources:
+            raise SpecError(f"setting {self.setting!r} takes no source models")
+        if (self.setting == "surrogate-defense") != (self.attack_defense is not None):
+            raise SpecError("an attacker-side defense is given exactly for the 'surrogate-defense' setting")
+        for name in ("n", "draws", "eot", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SpecError(f"{name} must be a positive integer, got {value!r}")
+
+    def to_json(self) -> dict:
+        """Canonical JSON form (specs as strings, eps as a float)."""
+        return {
+            "dataset": str(self.dataset),
+            "split": self.split,
+            "n": self.n,
+            "sample_seed": self.sample_seed,
+            "model": str(self.model),
+            "defense": str(self.defense),
+            "attack": str(self.attack),
+            "setting": self.setting,
+            "sources": [str(s) for s in self.sources],
+            "attack_defense": None if self.attack_defense is None else str(self.attack_defense),
+            "threat": self.threat.to_json(),
+            "seed": self.seed,
+            "draws": self.draws,
+            "eot": self.eot,
+            "batch_size": self.batch_size,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Cell":
+        """Inverse of :meth:`to_json`."""
+        threat = data["threat"]
+        return cls(
+            dataset=data["dataset"], split=data["split"], n=data["n"], sample_seed=data["sample_seed"],
+            model=data["model"], defense=data["defense"], attack=data["attack"], setting=data["setting"],
+            sources=tuple(data["sources"]), attack_defense=data["attack_defense"],
+            threat=ThreatModel(threat["norm"], threat["eps"], tuple(threat["bounds"])),
+            seed=data["seed"], draws=data["draws"], eot=data["eot"], batch_size=data["batch_size"],
+        )
+
+    def normalised(self, *, stochastic: bool) -> "Cell":
+        """The same cell with draw counts fixed to 1 when the defense is deterministic."""
+        return self if stochastic else replace(self, draws=1, eot=1)
+
+
+def cell_key(cell: Cell, provenance: dict) -> str:
+    """Hash of the cell's canonical JSON plus versions, checkpoint hashes and data fingerprint."""
+    payload = json.dumps({"cell": cell.to_json(), "provenance": provenance}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()

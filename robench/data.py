@@ -1,0 +1,217 @@
+"""Evaluation datasets registered under ``robench.datasets``: images in [0, 1] with stable ids.
+
+Each dataset returns deterministic subsets by ``(n, seed)``: ``seed=None`` takes the first
+``n`` images of the split in their official order (as the papers do), an integer seed takes
+a seeded random subset. Example ids (``test/123``) name the image's index in the official
+split, so they stay stable across machines and enter the cell key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+DATA_ENV = "ROBENCH_DATA"
+OFFLINE_ENV = "ROBENCH_OFFLINE"
+
+
+class DataNotFound(FileNotFoundError):
+    """No copy of a dataset was found and none could be downloaded; says where robench looked."""
+
+
+@dataclass(frozen=True)
+class Examples:
+    """A batch of evaluation examples: ids ``(N,)``, images ``(N, C, H, W)`` in [0, 1], labels ``(N,)``."""
+
+    ids: tuple[str, ...]
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def fingerprint(self) -> str:
+        """sha256 of ids, pixels and labels: changes when the data behind a cell changes."""
+        digest = hashlib.sha256()
+        digest.update("\n".join(self.ids).encode())
+        digest.update(self.x.contiguous().numpy().tobytes())
+        digest.update(self.y.numpy().astype(np.int64).tobytes())
+        return digest.hexdigest()
+
+
+def data_root(explicit: "str | Path | None" = None) -> Path:
+    """The data directory: ``explicit``, else ``$ROBENCH_DATA``, else ``~/.cache/robench/data``."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    return Path.home() / ".cache" / "robench" / "data"
+
+
+def select(total: int, n: int | None, seed: int | None) -> np.ndarray:
+    """Indices of a deterministic subset: the first ``n``, or a seeded sample kept in index order."""
+    n = total if n is None else n
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if n > total:
+        raise ValueError(f"asked for n={n} examples but only {total} are available")
+    if seed is None:
+        return np.arange(n)
+    chosen = np.random.default_rng(seed).permutation(total)[:n]
+    return np.sort(chosen)
+
+
+class ImageDataset:
+    """A labelled image dataset with a known image shape and class count.
+
+    Subclasses provide :meth:`_arrays` returning ``(uint8 images NHWC or NHW, labels)`` for a split.
+    """
+
+    name: str = ""
+    num_classes: int = 0
+    image_shape: tuple[int, int, int] = (0, 0, 0)
+    splits: tuple[str, ...] = ("test",)
+
+    def __init__(self, *, root: "str | Path | None" = None, download: bool = True):
+        self.root = data_root(root)
+        self.download = download and not os.environ.get(OFFLINE_ENV)
+
+    def load(self, *, split: str = "test", n: int | None = None, seed: int | None = None) -> Examples:
+        """Return ``n`` examples of ``split`` chosen by ``seed`` (None: the first ``n``)."""
+        if split not in self.splits:
+            raise ValueError(f"{self.name} has splits {', '.join(self.splits)}, not {split!r}")
+        images, labels = self._arrays(split, n)
+        index = select(len(images), n, seed)
+        x = torch.from_numpy(np.ascontiguousarray(images[index]))
+        x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
+        x = x.float().div(255).contiguous()
+        y = torch.from_numpy(np.asarray(labels)[index].astype(np.int64))
+        return Examples(tuple(f"{split}/{i}" for i in index), x, y)
+
+    def _arrays(self, split: str, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _not_found(self, looked_for: list[str], why: str = "") -> DataNotFound:
+        where = "\n".join(f"  - {self.root / p}" for p in looked_for)
+        return DataNotFound(
+            f"{self.name} {why}not found. robench looked for:\n{where}\n"
+            f"Point robench at a folder holding one of these with --data-root DIR or {DATA_ENV}=DIR "
+            f"(the offline copies live in shared/data: {DATA_ENV}=../shared/data), "
+            "or allow the download (network access, without ROBENCH_OFFLINE set)."
+        )
+
+
+def _from_torchvision(factory: Callable, root: Path, train: bool, download: bool):
+    try:
+        ds = factory(str(root), train=train, download=download)
+    except RuntimeError:
+        return None
+    data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else ds.data
+    return np.asarray(data), np.asarray(ds.targets)
+
+
+class CIFAR10(ImageDataset):
+    """CIFAR-10 (Krizhevsky 2009): torchvision's copy, else the offline npz heads, else a download."""
+
+    name = "cifar10"
+    num_classes = 10
+    image_shape = (3, 32, 32)
+    splits = ("test", "train")
+    _heads = {"test": "cifar10_test_head.npz", "train": "cifar10_train_head.npz"}
+
+    def _arrays(self, split, n):
+        import torchvision
+
+        found = _from_torchvision(torchvision.datasets.CIFAR10, self.root, split == "train", False)
+        if found is not None:
+            return found
+        head = self.root / self._heads[split]
+        if head.is_file():
+            arrays = np.load(head)
+            if n is None or n <= len(arrays["x"]):
+                return arrays["x"], arrays["y"]
+        if self.download:
+            try:
+                found = _from_torchvision(torchvision.datasets.CIFAR10, self.root, split == "train", True)
+            except OSError:
+                found = None
+            if found is not None:
+                return found
+        why = f"({split} split with n={n}) " if head.is_file() else f"({split} split) "
+        raise self._not_found(["cifar-10-batches-py/", self._heads[split] + f" (holds the first {_head_size(head)})"], why)
+
+
+class MNIST(ImageDataset):
+    """MNIST (LeCun et al. 1998): torchvision's copy, else the offline ``mnist_test.npz``, else a download."""
+
+    name = "mnist"
+    num_classes = 10
+    image_shape = (1, 28, 28)
+    splits = ("test", "train")
+
+    def _arrays(self, split, n):
+        import torchvision
+
+        found = _from_torchvision(torchvision.datasets.MNIST, self.root, split == "train", False)
+        if found is not None:
+            return found
+        npz = self.root / "mnist_test.npz"
+        if split == "test" and npz.is_file():
+            arrays = np.load(npz)
+            return arrays["x"], arrays["y"]
+        if self.download:
+            try:
+                found = _from_torchvision(torchvision.datasets.MNIST, self.root, split == "train", True)
+            except OSError:
+                found = None
+            if found is not None:
+                return found
+        raise self._not_found(["MNIST/raw/", "mnist_test.npz (test split only)"], f"({split} split) ")
+
+
+class Synthetic(ImageDataset):
+    """Noisy copies of the ``tiny`` model's class templates: a dataset for tests that needs no files."""
+
+    name = "synthetic"
+    splits = ("test",)
+
+    def __init__(self, *, size: int = 1024, channels: int = 3, image_size: int = 32, num_classes: int = 10, **_):
+        super().__init__(download=False)
+        self.size = size
+        self.num_classes = num_classes
+        self.image_shape = (channels, image_size, image_size)
+
+    def _arrays(self, split, n):
+        from robench.archs.templates import class_templates
+
+        generator = torch.Generator().manual_seed(1)
+        templates = class_templates(self.num_classes, *self.image_shape)
+        labels = torch.randint(0, self.num_classes, (self.size,), generator=generator)
+        noise = torch.rand((self.size, *self.image_shape), generator=generator) * 0.2 - 0.1
+        images = (templates[labels] + noise).clamp(0, 1).mul(255).round().to(torch.uint8)
+        return images.permute(0, 2, 3, 1).numpy(), labels.numpy()
+
+
+def _head_size(path: Path) -> str:
+    return f"{len(np.load(path)['y'])} images" if path.is_file() else "head"
+
+
+def cifar10(**kwargs) -> CIFAR10:
+    """CIFAR-10 test/train split (32x32 RGB, 10 classes)."""
+    return CIFAR10(**kwargs)
+
+
+def mnist(**kwargs) -> MNIST:
+    """MNIST test/train split (28x28 grey, 10 classes)."""
+    return MNIST(**kwargs)
+
+
+def synthetic(**kwargs) -> Synthetic:
+    """Synthetic template images for tests (no files, no network)."""
+    return Synthetic(**kwargs)

@@ -1,0 +1,92 @@
+"""The Defense base class and the core-built BPDA view (Athalye et al., ICML 2018)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class DefenseInputError(ValueError):
+    """A defense was given something other than a float image batch in [0, 1]."""
+
+
+class Defense(nn.Module):
+    """A purifier ``x -> x_purified``: same shape, values in [0, 1].
+
+    Subclasses implement :meth:`purify` and declare what they are:
+
+    * ``stochastic``: the output differs between two calls on the same input (EOT applies);
+    * ``differentiable``: ``False`` makes attacks see the gradient of :meth:`surrogate` (BPDA);
+    * ``version``: bump when outputs change, so cached results are recomputed.
+    """
+
+    stochastic: bool = False
+    differentiable: bool = True
+    version: str = "1"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Purify a batch ``(B, C, H, W)`` of images in [0, 1]."""
+        check_images(x, who=type(self).__name__)
+        return self.purify(x)
+
+    def purify(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def surrogate(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable approximation used for gradients when ``differentiable`` is False (identity)."""
+        return x
+
+    @property
+    def checkpoints(self) -> dict[str, str]:
+        """Checkpoint name -> sha256 for every weight file this defense loaded (none by default)."""
+        return {}
+
+
+def check_images(x: torch.Tensor, *, who: str) -> None:
+    """Raise :class:`DefenseInputError` unless ``x`` is a float batch ``(B, C, H, W)`` in [0, 1]."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise DefenseInputError(f"{who} expects a batch of images shaped (B, C, H, W); got {shape}")
+    if not x.is_floating_point():
+        raise DefenseInputError(f"{who} expects float images in [0, 1]; got dtype {x.dtype} (divide uint8 by 255)")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise DefenseInputError(
+            f"{who} expects pixel values in [0, 1]; got [{x.min().item():.3g}, {x.max().item():.3g}] "
+            "(normalisation belongs inside the model, not before the defense)"
+        )
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward the real defense's output, backward through the surrogate's graph."""
+
+    @staticmethod
+    def forward(ctx, approx: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        return real
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+class BPDA(nn.Module):
+    """BPDA view of a defense: the real defense's value, the surrogate's gradient (Athalye et al. 2018)."""
+
+    def __init__(self, defense: Defense):
+        super().__init__()
+        self.defense = defense
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            real = self.defense(x.detach())
+        approx = self.defense.surrogate(x)
+        if approx.shape != real.shape:
+            raise RuntimeError(
+                f"{type(self.defense).__name__}.surrogate returns shape {tuple(approx.shape)}, "
+                f"the defense returns {tuple(real.shape)}; they must match for BPDA"
+            )
+        return _StraightThrough.apply(approx, real)
+
+
+def gradient_view(defense: Defense) -> nn.Module:
+    """The defense as attacks should differentiate it: itself, or its BPDA view when non-differentiable."""
+    return defense if defense.differentiable else BPDA(defense)

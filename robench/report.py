@@ -1,0 +1,163 @@
+"""Leaderboards: pure functions of the store, written as CSV and Markdown.
+
+Rows are cells; a ``worst-case`` row per (defense, model, setting, threat) takes, per example,
+the AND of robust outcomes over every attack (an example is robust only if it survives all).
+Numbers stay numbers until rendered; the interval is Wilson's 95% score interval.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from robench.checks import FLAG_DOCS
+from robench.spec import format_fraction
+from robench.store import CellRecord, Store
+
+WORST_CASE = "worst-case"
+GROUP = ["dataset", "split", "n", "sample_seed", "model", "defense", "setting", "sources", "threat", "seed", "draws"]
+COLUMNS = [
+    "defense", "model", "dataset", "threat", "setting", "attack", "clean_acc", "robust_acc", "n",
+    "robust_ci_low", "robust_ci_high", "robust_draw_acc", "draws", "flags", "status", "device", "versions", "key",
+]
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95% by default)."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def leaderboard(store: Store, benchmark: str) -> pd.DataFrame:
+    """One row per cell of a benchmark plus worst-case rows, sorted by defense and setting."""
+    records = store.benchmark_cells(benchmark)
+    rows = [_cell_row(r) for r in records]
+    rows += _worst_case_rows(store, [r for r in records if r.status == "done"])
+    if not rows:
+        return pd.DataFrame(columns=COLUMNS)
+    frame = pd.DataFrame(rows)
+    frame["_worst"] = frame["attack"] == WORST_CASE
+    frame = frame.sort_values(["dataset", "model", "threat", "setting", "defense", "_worst", "attack"])
+    return frame[COLUMNS].reset_index(drop=True)
+
+
+def _cell_row(record: CellRecord) -> dict:
+    spec, summary = record.spec, record.summary or {}
+    n = summary.get("n", spec["n"])
+    robust = summary.get("robust_correct")
+    low, high = wilson_interval(robust, n) if robust is not None else (math.nan, math.nan)
+    env = record.provenance.get("environment", {})
+    flags = list(record.flags) + (["error"] if record.status == "error" else [])
+    return {
+        **{k: _group_value(spec, k) for k in GROUP},
+        "attack": spec["attack"],
+        "clean_acc": summary.get("clean_acc", math.nan),
+        "robust_acc": summary.get("robust_acc", math.nan),
+        "robust_ci_low": low,
+        "robust_ci_high": high,
+        "robust_draw_acc": summary.get("robust_draw_acc", math.nan),
+        "flags": ";".join(flags),
+        "status": record.status,
+        "device": env.get("device", ""),
+        "versions": f"robench {env.get('robench', '?')}, torch {env.get('torch', '?')}",
+        "key": record.key[:12],
+    }
+
+
+def _group_value(spec: dict, key: str):
+    if key == "threat":
+        return f"{spec['threat']['norm']} {format_fraction(spec['threat']['eps'])}"
+    if key == "sources":
+        return "+".join(spec["sources"])
+    return spec[key]
+
+
+def _worst_case_rows(store: Store, records: list[CellRecord]) -> list[dict]:
+    groups: dict[tuple, list[CellRecord]] = {}
+    for record in records:
+        groups.setdefault(tuple(str(_group_value(record.spec, k)) for k in GROUP), []).append(record)
+    rows = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        outcomes = [{e["example_id"]: e for e in store.examples(r.key)} for r in members]
+        shared = set.intersection(*(set(o) for o in outcomes))
+        if not shared:
+            continue
+        n = len(shared)
+        robust = sum(all(o[i]["robust_correct"] for o in outcomes) for i in shared)
+        clean = sum(all(o[i]["clean_correct"] for o in outcomes) for i in shared)
+        low, high = wilson_interval(robust, n)
+        first = _cell_row(members[0])
+        rows.append({
+            **first,
+            "attack": WORST_CASE,
+            "clean_acc": clean / n,
+            "robust_acc": robust / n,
+            "n": n,
+            "robust_ci_low": low,
+            "robust_ci_high": high,
+            "robust_draw_acc": math.nan,
+            "flags": ";".join(sorted({f for m in members for f in m.flags})),
+            "key": "",
+        })
+    return rows
+
+
+def render_markdown(frame: pd.DataFrame, *, title: str, commands: list[str]) -> str:
+    """A Markdown leaderboard: percentages with intervals, the commands that produced it, flag docs."""
+    shown = pd.DataFrame({
+        "defense": frame["defense"],
+        "model": frame["model"],
+        "dataset": frame["dataset"],
+        "threat": frame["threat"],
+        "setting": frame["setting"],
+        "attack": frame["attack"],
+        "clean %": frame["clean_acc"].map(_percent),
+        "robust %": frame["robust_acc"].map(_percent),
+        "95% CI": [_interval(lo, hi) for lo, hi in zip(frame["robust_ci_low"], frame["robust_ci_high"])],
+        "n": frame["n"],
+        "draws": frame["draws"],
+        "flags": frame["flags"],
+    })
+    lines = [f"# {title}", ""]
+    if commands:
+        lines += ["Produced by:", "", *[f"    {c}" for c in commands], ""]
+    devices = sorted({d for d in frame["device"] if d})
+    versions = sorted({v for v in frame["versions"] if v})
+    lines += [f"Device: {', '.join(devices) or '-'}; versions: {'; '.join(versions) or '-'}.", ""]
+    lines.append(tabulate(shown, headers="keys", tablefmt="github", showindex=False))
+    present = sorted({f for cell in frame["flags"] for f in str(cell).split(";") if f in FLAG_DOCS})
+    if present:
+        lines += ["", "Flags:", ""] + [f"- `{f}`: {FLAG_DOCS[f]}" for f in present]
+    return "\n".join(lines) + "\n"
+
+
+def write_leaderboard(store: Store, benchmark: str, out_dir: "str | Path") -> tuple[Path, Path]:
+    """Write ``<out_dir>/<benchmark>/leaderboard.csv`` and ``.md`` from the store alone."""
+    frame = leaderboard(store, benchmark)
+    folder = Path(out_dir) / benchmark
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = folder / "leaderboard.csv", folder / "leaderboard.md"
+    frame.to_csv(csv_path, index=False, float_format="%.6g")
+    commands = store.commands(benchmark)
+    md_path.write_text(render_markdown(frame, title=f"robench leaderboard: {benchmark}", commands=commands))
+    return csv_path, md_path
+
+
+def _percent(value: float) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+
+def _interval(low: float, high: float) -> str:
+    if math.isnan(low):
+        return ""
+    return f"[{100 * low:.1f}, {100 * high:.1f}]"

@@ -1,0 +1,82 @@
+"""Building the objects a cell names, once per spec, and checking they fit before anything runs."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+import robench
+from robench import registry
+from robench.attack import Attack
+from robench.cell import Cell
+from robench.data import Examples
+from robench.defense import Defense
+from robench.spec import Spec
+
+
+class ConfigError(ValueError):
+    """A grid that cannot run as configured; raised before any cell starts."""
+
+
+class Resolver:
+    """Builds and caches datasets, models, defenses and attacks for cells on one device."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.model = lru_cache(maxsize=None)(self._model)
+        self.defense = lru_cache(maxsize=None)(self._defense)
+        self.attack = lru_cache(maxsize=None)(self._attack)
+        self.examples = lru_cache(maxsize=None)(self._examples)
+
+    def _model(self, spec: Spec) -> nn.Module:
+        model = registry.build("models", spec)
+        return model.to(self.device).eval()
+
+    def _defense(self, spec: Spec) -> Defense:
+        return registry.build("defenses", spec).to(self.device).eval()
+
+    def _attack(self, spec: Spec) -> Attack:
+        return registry.build("attacks", spec)
+
+    def _examples(self, dataset: Spec, split: str, n: int, sample_seed: int | None) -> tuple[Examples, object]:
+        data = registry.build("datasets", dataset)
+        return data.load(split=split, n=n, seed=sample_seed), data
+
+    def cell_examples(self, cell: Cell) -> Examples:
+        return self.examples(cell.dataset, cell.split, cell.n, cell.sample_seed)[0]
+
+    def check(self, cell: Cell) -> None:
+        """Raise :class:`ConfigError` if the cell's parts do not fit together."""
+        examples, data = self.examples(cell.dataset, cell.split, cell.n, cell.sample_seed)
+        attack = self.attack(cell.attack)
+        if cell.threat.norm not in attack.norms:
+            raise ConfigError(f"attack {cell.attack} supports {', '.join(attack.norms)}, not {cell.threat.norm}")
+        self.defense(cell.defense)
+        if cell.attack_defense is not None:
+            self.defense(cell.attack_defense)
+        for spec in (cell.model, *cell.sources):
+            model = self.model(spec)
+            shape = tuple(getattr(model, "input_shape", data.image_shape))
+            if shape != tuple(data.image_shape):
+                raise ConfigError(
+                    f"model {spec} takes inputs shaped {shape}, but {cell.dataset} images are {tuple(data.image_shape)}"
+                )
+            classes = getattr(model, "num_classes", data.num_classes)
+            if classes != data.num_classes:
+                raise ConfigError(f"model {spec} has {classes} classes, {cell.dataset} has {data.num_classes}")
+
+    def provenance(self, cell: Cell) -> dict:
+        """What besides the cell determines its numbers: versions, checkpoint hashes, data fingerprint."""
+        defenses = [cell.defense] + ([cell.attack_defense] if cell.attack_defense else [])
+        return {
+            "robench": robench.__version__,
+            "attack_version": type(self.attack(cell.attack)).version,
+            "defense_versions": {str(s): type(self.defense(s)).version for s in defenses},
+            "checkpoints": {
+                **{str(s): getattr(self.model(s), "checkpoints", {}) for s in (cell.model, *cell.sources)},
+                **{str(s): self.defense(s).checkpoints for s in defenses},
+            },
+            "data": self.cell_examples(cell).fingerprint(),
+        }

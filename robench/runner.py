@@ -1,0 +1,208 @@
+"""Running cells: clean pass, attack of the clean-correct examples, verification, re-scoring, storing.
+
+``evaluate_cell`` is a function of the cell and the store only (no global state), so an
+executor that ships cells elsewhere (Ray) can call it unchanged.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+import robench
+from robench import checks
+from robench.cell import Cell, cell_key
+from robench.resolve import ConfigError, Resolver
+from robench.store import Store
+from robench.target import Ensemble, Pipeline, adaptive_view
+
+
+@dataclass
+class GridResult:
+    """What a grid run did: keys computed, skipped (cached), failed (with messages)."""
+
+    computed: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu or auto")
+    return torch.device(name)
+
+
+def environment(device: torch.device) -> dict:
+    """Versions and device recorded with every run and cell."""
+    import torchattacks
+
+    return {
+        "robench": robench.__version__,
+        "torch": torch.__version__,
+        "torchattacks": torchattacks.__version__,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
+    }
+
+
+def attack_view(cell: Cell, resolver: Resolver) -> nn.Module:
+    """The module the attack differentiates, by setting (DESIGN §4)."""
+    model = resolver.model(cell.model)
+    if cell.setting == "adaptive":
+        return adaptive_view(model, resolver.defense(cell.defense), eot_draws=cell.eot)
+    if cell.setting == "oblivious":
+        return model
+    sources = [resolver.model(s) for s in cell.sources]
+    source = sources[0] if len(sources) == 1 else Ensemble(sources)
+    if cell.setting == "transfer":
+        return source
+    return adaptive_view(source, resolver.defense(cell.attack_defense), eot_draws=cell.eot)
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of one batch: resuming at any batch replays the same randomness."""
+    return (seed * 1_000_003 + batch) % (2**63)
+
+
+@torch.no_grad()
+def _predict(pipeline: nn.Module, x: torch.Tensor, draws: int) -> torch.Tensor:
+    """Predictions of ``draws`` independent passes, shape ``(draws, B)``."""
+    return torch.stack([pipeline(x).argmax(dim=1) for _ in range(draws)])
+
+
+def evaluate_cell(cell: Cell, key: str, resolver: Resolver, store: Store, *, progress: bool = False) -> dict:
+    """Evaluate the missing batches of one cell into the store and return its summary."""
+    examples = resolver.cell_examples(cell)
+    model = resolver.model(cell.model)
+    defense = resolver.defense(cell.defense)
+    pipeline = Pipeline(model, defense)
+    attacker = attack_view(cell, resolver)
+    attack = resolver.attack(cell.attack)
+    device = resolver.device
+    done = store.completed_batches(key)
+    starts = range(0, len(examples), cell.batch_size)
+    for batch, start in enumerate(tqdm(starts, desc="batches", leave=False, disable=not progress)):
+        if batch in done:
+            continue
+        began = time.perf_counter()
+        torch.manual_seed(batch_seed(cell.seed, batch))
+        x = examples.x[start : start + cell.batch_size].to(device)
+        y = examples.y[start : start + cell.batch_size].to(device)
+        clean = _predict(pipeline, x, cell.draws) == y
+        attacked = clean.all(dim=0)
+        x_adv = x.clone()
+        if attacked.any():
+            x_adv[attacked] = attack(attacker, x[attacked], y[attacked], cell.threat)
+        cell.threat.check(x_adv, x)
+        adv_pred = _predict(pipeline, x_adv, cell.draws)
+        robust = (adv_pred == y) & attacked
+        distance = cell.threat.distance(x_adv, x)
+        rows = [
+            {
+                "example_id": examples.ids[start + i],
+                "batch": batch,
+                "label": int(y[i]),
+                "clean_correct": int(clean[:, i].all()),
+                "clean_draw_acc": float(clean[:, i].float().mean()),
+                "attacked": int(attacked[i]),
+                "robust_correct": int(robust[:, i].all()),
+                "robust_draw_acc": float(robust[:, i].float().mean()),
+                "adv_prediction": int(adv_pred[0, i]),
+                "perturbation": float(distance[i]),
+            }
+            for i in range(len(y))
+        ]
+        store.add_batch(key, batch, rows, time.perf_counter() - began)
+    return summarise(store.examples(key))
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Counts and accuracies of a cell's example rows."""
+    n = len(rows)
+    clean = sum(r["clean_correct"] for r in rows)
+    robust = sum(r["robust_correct"] for r in rows)
+    return {
+        "n": n,
+        "clean_correct": clean,
+        "robust_correct": robust,
+        "clean_acc": clean / n if n else float("nan"),
+        "robust_acc": robust / n if n else float("nan"),
+        "clean_draw_acc": sum(r["clean_draw_acc"] for r in rows) / n if n else float("nan"),
+        "robust_draw_acc": sum(r["robust_draw_acc"] for r in rows) / n if n else float("nan"),
+        "attacked": sum(r["attacked"] for r in rows),
+        "max_perturbation": max((r["perturbation"] for r in rows), default=0.0),
+    }
+
+
+def prepare(cells: list[Cell], resolver: Resolver) -> list[tuple[Cell, str, dict]]:
+    """Check every cell and compute its key; any configuration error stops the grid before it runs."""
+    prepared, problems = [], []
+    for cell in cells:
+        try:
+            cell = cell.normalised(stochastic=resolver.defense(cell.defense).stochastic)
+            resolver.check(cell)
+            provenance = resolver.provenance(cell)
+        except Exception as err:  # every configuration problem is reported, then the grid stops
+            problems.append(f"{_describe(cell)}: {err}")
+            continue
+        prepared.append((cell, cell_key(cell, provenance), provenance))
+    if problems:
+        listed = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise ConfigError(f"{len(problems)} of {len(cells)} cells cannot run:\n  {listed}")
+    return prepared
+
+
+def run_grid(
+    cells: list[Cell],
+    store: Store,
+    *,
+    benchmark: str,
+    device: torch.device,
+    command: str = "",
+    progress: bool = True,
+) -> GridResult:
+    """Evaluate every cell not yet in the store; failures become error rows and the grid goes on."""
+    resolver = Resolver(device)
+    prepared = prepare(cells, resolver)
+    result = GridResult()
+    env = environment(device)
+    run_id = store.start_run(command, env)
+    bar = tqdm(prepared, desc=benchmark, unit="cell", disable=not progress)
+    for cell, key, provenance in bar:
+        bar.set_postfix_str(_describe(cell)[:60])
+        stored = store.cell(key)
+        if stored is not None and stored.status == "done":
+            store.tag(key, benchmark)
+            result.cached.append(key)
+            continue
+        spec = cell.to_json()
+        record = {**provenance, "environment": env}
+        try:
+            store.begin_cell(key, spec, record, run_id, benchmark)
+            flags = checks.run_checks(cell, resolver)
+            summary = evaluate_cell(cell, key, resolver, store, progress=progress)
+            store.finish_cell(key, summary, flags)
+            result.computed.append(key)
+        except Exception as err:  # one broken cell must not stop the grid (DESIGN §5)
+            message = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
+            store.fail_cell(key, spec, record, run_id, benchmark, message)
+            result.failed[key] = f"{type(err).__name__}: {err}"
+    store.finish_run(run_id)
+    return result
+
+
+def _describe(cell: Cell) -> str:
+    return f"{cell.defense} | {cell.attack} | {cell.setting} | {cell.model} | {cell.threat}"
