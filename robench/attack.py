@@ -48,12 +48,13 @@ class Attack:
         with torch.random.fork_rng(devices=devices, enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            was_training = model.training
+            modes = {module: module.training for module in model.modules()}
             model.eval()
             try:
                 x_adv = self.run(model, x.detach().clone(), y, threat)
             finally:
-                model.train(was_training)
+                for module, training in modes.items():
+                    module.training = training
         return threat.project(x_adv.detach(), x)
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:

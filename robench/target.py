@@ -57,4 +57,5 @@ class Ensemble(nn.Module):
 def adaptive_view(model: nn.Module, defense: Defense, *, eot_draws: int = 1) -> nn.Module:
     """The whole pipeline as an adaptive attacker differentiates it: BPDA where needed, EOT where random."""
     view = Pipeline(model, gradient_view(defense))
-    return EOT(view, eot_draws) if defense.stochastic and eot_draws > 1 else view
+    view = EOT(view, eot_draws) if defense.stochastic and eot_draws > 1 else view
+    return view.train(model.training)
