@@ -191,7 +191,7 @@ class Synthetic(ImageDataset):
         from robench.archs.templates import class_templates
 
         generator = torch.Generator().manual_seed(1)
-        templates = class_templates(self.num_classes, *self.image_shape)
+        templates = class_templates(self.num_classes, self.image_shape[0], self.image_shape[1])
         labels = torch.randint(0, self.num_classes, (self.size,), generator=generator)
         noise = torch.rand((self.size, *self.image_shape), generator=generator) * 0.2 - 0.1
         images = (templates[labels] + noise).clamp(0, 1).mul(255).round().to(torch.uint8)

@@ -25,7 +25,7 @@ class SpecError(ValueError):
     """A spec string, value or epsilon that cannot be parsed; the message points at the bad part."""
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, eq=False)
 class Spec:
     """A plugin name with keyword arguments, e.g. ``Spec("jpeg", (("quality", 75),))``."""
 
@@ -51,6 +51,15 @@ class Spec:
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable form: ``{"name": ..., "kwargs": {...}}``."""
         return {"name": self.name, "kwargs": self.options}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Spec) and str(self) == str(other)
+
+    def __lt__(self, other: "Spec") -> bool:
+        return str(self) < str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
 
     def __str__(self) -> str:
         if not self.kwargs:
@@ -117,24 +126,27 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         return format_fraction(value)
     if isinstance(value, str):
-        if _BARE_WORD.match(value) and value not in ("true", "false", "null"):
-            return value
-        return json.dumps(value)
+        return value if _reads_back_as_itself(value) else json.dumps(value)
     return json.dumps(_thaw(value), separators=(",", ":"))
 
 
 def format_fraction(value: float) -> str:
-    """Print a float as ``k/255`` when it is exactly one, else as the shortest repr."""
-    scaled = value * 255
-    k = round(scaled)
-    if k != 0 and k / 255 == value:
-        return f"{k}/255"
-    if value.is_integer():
-        return repr(value)
-    frac = Fraction(scaled).limit_denominator(8)
-    if frac.denominator in (2, 4, 8) and float(frac) / 255 == value:
-        return f"{float(frac):g}/255"
-    return repr(value)
+    """Print a float as ``k/255`` (k a multiple of 1/8) when that is exact and shorter than its repr."""
+    plain = repr(value)
+    if not abs(value) <= 1:  # budgets and step sizes in pixel units; anything else prints plainly
+        return plain
+    frac = Fraction(value * 255).limit_denominator(8)
+    if frac == 0 or float(frac) / 255 != value:
+        return plain
+    scaled = f"{frac.numerator}/255" if frac.denominator == 1 else f"{float(frac)!r}/255"
+    return scaled if len(scaled) < len(plain) else plain
+
+
+def _reads_back_as_itself(word: str) -> bool:
+    try:
+        return bool(_BARE_WORD.match(word)) and parse_value(word) == word
+    except SpecError:
+        return False
 
 
 def parse_eps(text: "str | float", *, norm: str = "Linf") -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-AMPLITUDE = 0.065
+AMPLITUDE = 0.04
 """Half-width of the template pixel range around 0.5: templates lie in [0.5 - a, 0.5 + a]."""
 
 

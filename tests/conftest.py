@@ -1,0 +1,29 @@
+"""Shared fixtures: the offline data folder (``../shared/data`` or ``$ROBENCH_TEST_DATA``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+DATA = Path(os.environ.get("ROBENCH_TEST_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+needs_cifar = pytest.mark.skipif(
+    not (DATA / "cifar10_test_head.npz").is_file(), reason=f"offline CIFAR-10 head not found in {DATA}"
+)
+
+
+@pytest.fixture
+def shared_data(monkeypatch) -> Path:
+    """Point robench's loaders at the offline data and forbid downloads."""
+    monkeypatch.setenv("ROBENCH_DATA", str(DATA))
+    monkeypatch.setenv("ROBENCH_OFFLINE", "1")
+    return DATA
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path) -> Path:
+    """An empty data root with downloads forbidden."""
+    monkeypatch.setenv("ROBENCH_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("ROBENCH_OFFLINE", "1")
+    return tmp_path / "empty"
