@@ -143,8 +143,8 @@ class CIFAR10(ImageDataset):
                 found = None
             if found is not None:
                 return found
-        why = f"({split} split with n={n}) " if head.is_file() else f"({split} split) "
-        raise self._not_found(["cifar-10-batches-py/", self._heads[split] + f" (holds the first {_head_size(head)})"], why)
+        why = f"({split} split, n={n}; {head.name} holds only {len(np.load(head)['y'])}) " if head.is_file() else ""
+        raise self._not_found(["cifar-10-batches-py/ (torchvision's copy)", f"{head.name} (offline head)"], why)
 
 
 class MNIST(ImageDataset):
@@ -172,7 +172,7 @@ class MNIST(ImageDataset):
                 found = None
             if found is not None:
                 return found
-        raise self._not_found(["MNIST/raw/", "mnist_test.npz (test split only)"], f"({split} split) ")
+        raise self._not_found(["MNIST/raw/ (torchvision's copy)", "mnist_test.npz (offline test split)"], "")
 
 
 class Synthetic(ImageDataset):
@@ -196,10 +196,6 @@ class Synthetic(ImageDataset):
         noise = torch.rand((self.size, *self.image_shape), generator=generator) * 0.2 - 0.1
         images = (templates[labels] + noise).clamp(0, 1).mul(255).round().to(torch.uint8)
         return images.permute(0, 2, 3, 1).numpy(), labels.numpy()
-
-
-def _head_size(path: Path) -> str:
-    return f"{len(np.load(path)['y'])} images" if path.is_file() else "head"
 
 
 def cifar10(**kwargs) -> CIFAR10:

@@ -34,7 +34,7 @@ SCALARS = {
     "eot": int, "batch_size": int, "norm": str, "sources": list, "attack_defense": (str, type(None)),
 }
 META = ("name", "description", "grids", "paper")
-DEFAULTS = {"split": "test", "n": 64, "sample_seed": None, "seed": 0, "draws": 10, "eot": 10,
+DEFAULTS = {"settings": ["adaptive"], "split": "test", "n": 64, "sample_seed": None, "seed": 0, "draws": 10, "eot": 10,
             "batch_size": 64, "norm": "Linf", "sources": [], "attack_defense": None}
 
 
