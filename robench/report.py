@@ -21,7 +21,7 @@ WORST_CASE = "worst-case"
 GROUP = ["dataset", "split", "n", "sample_seed", "model", "defense", "setting", "sources", "threat", "seed", "draws"]
 COLUMNS = [
     "defense", "model", "dataset", "threat", "setting", "attack", "clean_acc", "robust_acc", "n",
-    "robust_ci_low", "robust_ci_high", "robust_draw_acc", "draws", "flags", "status", "device", "versions", "key",
+    "robust_ci_low", "robust_ci_high", "robust_draw_acc", "draws", "seed", "flags", "status", "device", "versions", "key",
 ]
 
 
@@ -126,6 +126,7 @@ def render_markdown(frame: pd.DataFrame, *, title: str, commands: list[str]) -> 
         "95% CI": [_interval(lo, hi) for lo, hi in zip(frame["robust_ci_low"], frame["robust_ci_high"])],
         "n": frame["n"],
         "draws": frame["draws"],
+        "seed": frame["seed"],
         "flags": frame["flags"],
     })
     lines = [f"# {title}", ""]

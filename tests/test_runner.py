@@ -165,7 +165,7 @@ def test_deterministic_defenses_are_evaluated_with_one_draw(tmp_path):
 # resume after an interruption -------------------------------------------------------------------------
 
 SLOW_GRID = [
-    "--dataset", "synthetic:image_size=96", "--model", "tiny:size=96", "--defense", "jpeg", "--attack",
+    "--dataset", "synthetic:image_size=96", "--model", "tiny:size=96", "--defense", "bit-depth", "--attack",
     "pgd:steps=30", "--eps", "6/255", "-n", "384", "--batch-size", "24", "--setting", "adaptive", "--no-progress",
 ]
 
@@ -191,11 +191,16 @@ def _outcomes(store: Path) -> list[tuple]:
         return db.execute("SELECT * FROM examples ORDER BY key, example_id").fetchall()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
-def test_an_interrupted_run_resumes_to_the_same_numbers(tmp_path, sig):
-    reference = _robench([], tmp_path / "ref.sqlite", tmp_path / "ref")
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("reference")
+    reference = _robench([], folder / "ref.sqlite", folder / "ref")
     assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()
+    return folder / "ref.sqlite"
 
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_an_interrupted_run_resumes_to_the_same_numbers(tmp_path, uninterrupted, sig):
     store = tmp_path / "cut.sqlite"
     victim = _robench([], store, tmp_path / "cut")
     deadline = time.time() + 120
@@ -210,7 +215,7 @@ def test_an_interrupted_run_resumes_to_the_same_numbers(tmp_path, sig):
     resumed = _robench([], store, tmp_path / "cut")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
     assert _batches(store) == 16
-    assert _outcomes(store) == _outcomes(tmp_path / "ref.sqlite"), "resume must give the uninterrupted numbers"
+    assert _outcomes(store) == _outcomes(uninterrupted), "resume must give the uninterrupted numbers"
 
 
 def test_cells_are_frozen_and_hashable():
