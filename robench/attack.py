@@ -16,12 +16,15 @@ class Attack:
     """An adversarial attack with keyword-only hyperparameters; the threat model is a call argument.
 
     Subclasses implement :meth:`run` and declare ``norms`` (supported norms), ``kind``
-    (``white-box``, ``transfer`` or ``black-box``) and ``version`` (bump when outputs change).
+    (``white-box``, ``transfer`` or ``black-box``), ``version`` (bump when outputs change) and
+    ``averages_draws`` (True when the attack does its own EOT over a stochastic defense's
+    draws, so the runner hands it the plain pipeline instead of an EOT view).
     """
 
     norms: tuple[str, ...] = ("Linf", "L2")
     kind: str = "white-box"
     version: str = "1"
+    averages_draws: bool = False
 
     def __call__(
         self,
@@ -59,3 +62,7 @@ class Attack:
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
         raise NotImplementedError
+
+    def unsupported(self, setting: str, defense: nn.Module) -> str | None:
+        """Why this attack cannot run in ``setting`` against ``defense`` (None when it can)."""
+        return None

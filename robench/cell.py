@@ -89,9 +89,9 @@ class Cell:
             seed=data["seed"], draws=data["draws"], eot=data["eot"], batch_size=data["batch_size"],
         )
 
-    def normalised(self, *, stochastic: bool) -> "Cell":
-        """The same cell with draw counts fixed to 1 when the defense is deterministic."""
-        return self if stochastic else replace(self, draws=1, eot=1)
+    def normalised(self, *, draws_matter: bool, eot_matters: bool) -> "Cell":
+        """The same cell with draw counts that cannot change its numbers fixed to 1 (one key per result)."""
+        return replace(self, draws=self.draws if draws_matter else 1, eot=self.eot if eot_matters else 1)
 
 
 def cell_key(cell: Cell, provenance: dict) -> str:

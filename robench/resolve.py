@@ -53,6 +53,10 @@ class Resolver:
         attack = self.attack(cell.attack)
         if cell.threat.norm not in attack.norms:
             raise ConfigError(f"attack {cell.attack} supports {', '.join(attack.norms)}, not {cell.threat.norm}")
+        attacked = cell.attack_defense if cell.setting == "surrogate-defense" else cell.defense
+        reason = attack.unsupported(cell.setting, self.defense(attacked))
+        if reason:
+            raise ConfigError(f"attack {cell.attack} cannot run here: {reason}")
         self.defense(cell.defense)
         if cell.attack_defense is not None:
             self.defense(cell.attack_defense)

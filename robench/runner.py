@@ -147,12 +147,23 @@ def summarise(rows: list[dict]) -> dict:
     }
 
 
+def normalise(cell: Cell, resolver: Resolver) -> Cell:
+    """Fix draws to 1 for deterministic defenses, and EOT to 1 where the attacked view has no randomness."""
+    attacked = {"adaptive": cell.defense, "surrogate-defense": cell.attack_defense}.get(cell.setting)
+    eot_matters = (
+        attacked is not None
+        and resolver.defense(attacked).stochastic
+        and not resolver.attack(cell.attack).averages_draws
+    )
+    return cell.normalised(draws_matter=resolver.defense(cell.defense).stochastic, eot_matters=eot_matters)
+
+
 def prepare(cells: list[Cell], resolver: Resolver) -> list[tuple[Cell, str, dict]]:
     """Check every cell and compute its key; any configuration error stops the grid before it runs."""
     prepared, problems = [], []
     for cell in cells:
         try:
-            cell = cell.normalised(stochastic=resolver.defense(cell.defense).stochastic)
+            cell = normalise(cell, resolver)
             resolver.check(cell)
             provenance = resolver.provenance(cell)
         except Exception as err:  # every configuration problem is reported, then the grid stops

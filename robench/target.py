@@ -41,6 +41,11 @@ class EOT(nn.Module):
         return logits.view(self.draws, x.shape[0], *logits.shape[1:]).mean(dim=0)
 
 
+def split_eot(model: nn.Module) -> tuple[nn.Module, int]:
+    """The module inside an EOT view and its number of draws (the model itself and 1 otherwise)."""
+    return (model.module, model.draws) if isinstance(model, EOT) else (model, 1)
+
+
 class Ensemble(nn.Module):
     """Mean logits of several classifiers, the usual ensemble source of transfer attacks."""
 

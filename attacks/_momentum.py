@@ -1,0 +1,134 @@
+"""Shared machinery of the momentum transfer-attack family (MI, VMI/VNI, DIM, TI-DIM, SI-NI-TI-DIM).
+
+Images live in [0, 1]. The original TF code of these papers works in the Inception input space
+[-1, 1], where a value of 0 is mid-grey; DI's zero padding and SI's scale copies both meet that
+grey, so here they meet ``MID_GREY = 0.5`` (torchattacks uses 0, i.e. black).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robench.attack import Attack
+from robench.threat import ThreatModel
+
+LABEL_MODES = ("true", "pred")
+MID_GREY = 0.5
+Direction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, transform=None) -> torch.Tensor:
+    """Gradient at ``x`` of the batch-mean cross-entropy of ``model(transform(x))``."""
+    x = x.detach().requires_grad_(True)
+    loss = F.cross_entropy(model(x if transform is None else transform(x)), y)
+    return torch.autograd.grad(loss, x)[0]
+
+
+def l1_normalise(g: torch.Tensor) -> torch.Tensor:
+    """``g / mean|g|`` per example; an all-zero gradient (saturated softmax) stays 0 instead of NaN."""
+    mean = g.abs().mean(dim=tuple(range(1, g.dim())), keepdim=True)
+    return g / torch.where(mean > 0, mean, torch.ones_like(mean))
+
+
+def enlarge_and_pad(x: torch.Tensor, resize_rate: float) -> torch.Tensor:
+    """DI's transform before resizing back: nearest-resize ``(H, W)`` to ``(H+k, W+k)``, pad to ``(H+E, W+E)``.
+
+    ``E = int(W * resize_rate) - W`` (at least 1), ``k`` uniform in ``[0, E)``, the padding offset
+    uniform, the padding mid-grey; one draw for the whole batch, as in the original.
+    """
+    h, w = x.shape[-2:]
+    extra = max(int(w * resize_rate) - w, 1)
+    k = int(torch.randint(0, extra, ()))
+    top, left = (int(torch.randint(0, extra - k, ())) for _ in range(2))
+    scaled = F.interpolate(x, size=(h + k, w + k), mode="nearest")
+    return F.pad(scaled, (left, extra - k - left, top, extra - k - top), value=MID_GREY)
+
+
+def diverse_input(x: torch.Tensor, *, resize_rate: float, p: float) -> torch.Tensor:
+    """With probability ``p`` (once per batch) :func:`enlarge_and_pad`, then nearest-resize back to ``(H, W)``."""
+    if not torch.rand(()) < p:
+        return x
+    return F.interpolate(enlarge_and_pad(x, resize_rate), size=x.shape[-2:], mode="nearest")
+
+
+def gaussian_kernel(size: int, nsig: float = 3.0) -> torch.Tensor:
+    """TI's ``gkern``: outer product of the normal pdf at ``size`` points of ``[-nsig, nsig]``, summing to 1."""
+    t = torch.linspace(-nsig, nsig, size, dtype=torch.float64)
+    pdf = torch.exp(-t**2 / 2)  # the pdf's constant cancels in the normalisation
+    kernel = torch.outer(pdf, pdf)
+    return (kernel / kernel.sum()).float()
+
+
+def smooth(g: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Depthwise convolution of ``g`` (B, C, H, W) with ``kernel``, zero 'same' padding (TF's SAME)."""
+    channels = g.shape[1]
+    weight = kernel.to(g).expand(channels, 1, *kernel.shape)
+    return F.conv2d(g, weight, padding="same", groups=channels)
+
+
+class MomentumAttack(Attack):
+    """The MI-FGSM loop (Dong et al. 2018); subclasses change only the direction it accumulates.
+
+    Each step: ``g ← decay·g + ĝ / mean|ĝ|``, ``x ← Π(x + α·sign(g))``, no random start, where
+    ``ĝ = direction(x_t, x_look)`` and ``x_look = x_t + α·decay·g`` for Nesterov attacks (NI-FGSM)
+    or ``x_t`` otherwise.
+
+    Args:
+        steps: iterations T.
+        step_size: α; None means ``eps / steps`` (the RDP / original-paper setting).
+        decay: momentum factor μ.
+        label_mode: ``"true"`` ascends the loss of the given labels; ``"pred"`` that of the model's
+            own prediction on the clean image, as the TF transfer-attack repositories do.
+    """
+
+    norms = ("Linf",)
+    kind = "transfer"
+    nesterov = False
+
+    def __init__(self, *, steps: int = 10, step_size: float | None = None, decay: float = 1.0,
+                 label_mode: str = "true"):
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        if step_size is not None and not step_size > 0:
+            raise ValueError(f"step_size must be positive, got {step_size!r}")
+        if not decay >= 0:
+            raise ValueError(f"decay must be non-negative, got {decay!r}")
+        if label_mode not in LABEL_MODES:
+            raise ValueError(f"label_mode must be one of {', '.join(LABEL_MODES)}, got {label_mode!r}")
+        self.steps = steps
+        self.step_size = step_size
+        self.decay = decay
+        self.label_mode = label_mode
+
+    def direction(self, model: nn.Module, y: torch.Tensor, threat: ThreatModel) -> Direction:
+        """The function ``(x_t, x_look) -> ĝ`` for one run (it may keep state across steps)."""
+        return lambda x_t, x_look: input_gradient(model, x_look, y)
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+        if self.label_mode == "pred":
+            with torch.no_grad():
+                y = model(x).argmax(dim=1)
+        alpha = threat.eps / self.steps if self.step_size is None else self.step_size
+        direction = self.direction(model, y, threat)
+        momentum = torch.zeros_like(x)
+        x_adv = x.clone()
+        for _ in range(self.steps):
+            x_look = x_adv + (self.decay * alpha) * momentum if self.nesterov else x_adv
+            # Same operation order as torchattacks, so equal settings give bit-identical examples.
+            momentum = l1_normalise(direction(x_adv, x_look)) + momentum * self.decay
+            x_adv = threat.project(x_adv + alpha * momentum.sign(), x)
+        return x_adv
+
+
+def check_probability(name: str, p: float) -> None:
+    if not 0 <= p <= 1:
+        raise ValueError(f"{name} must lie in [0, 1], got {p!r}")
+
+
+def check_positive_int(name: str, n: int) -> None:
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"{name} must be a positive integer, got {n!r}")
