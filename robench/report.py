@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from robench.checks import FLAG_DOCS
-from robench.spec import format_fraction
+from robench.checks import FLAG_DOCS, derived_flags
+from robench.spec import Spec, format_fraction, parse_spec
 from robench.store import CellRecord, Store
 
 WORST_CASE = "worst-case"
@@ -39,8 +39,12 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
 def leaderboard(store: Store, benchmark: str) -> pd.DataFrame:
     """One row per cell of a benchmark plus worst-case rows, sorted by defense and setting."""
     records = store.benchmark_cells(benchmark)
-    rows = [_cell_row(r) for r in records]
-    rows += _worst_case_rows(store, [r for r in records if r.status == "done"])
+    cells = pd.DataFrame([_cell_row(r) for r in records])
+    if not cells.empty:
+        done = cells[cells["status"] == "done"]
+        for index, extra in derived_flags(done).items():
+            cells.at[index, "flags"] = ";".join(filter(None, [cells.at[index, "flags"], *extra]))
+    rows = cells.to_dict("records") + _worst_case_rows(store, [r for r in records if r.status == "done"])
     if not rows:
         return pd.DataFrame(columns=COLUMNS)
     frame = pd.DataFrame(rows)
@@ -56,7 +60,14 @@ def _cell_row(record: CellRecord) -> dict:
     low, high = wilson_interval(robust, n) if robust is not None else (math.nan, math.nan)
     env = record.provenance.get("environment", {})
     flags = list(record.flags) + (["error"] if record.status == "error" else [])
+    attack = parse_spec(spec["attack"])
+    family = Spec(attack.name, tuple((k, v) for k, v in attack.kwargs if k != "steps"))
     return {
+        "norm": spec["threat"]["norm"],
+        "eps": spec["threat"]["eps"],
+        "steps": attack.options.get("steps"),
+        "attack_family": str(family),
+        "robust_correct": robust,
         **{k: _group_value(spec, k) for k in GROUP},
         "attack": spec["attack"],
         "clean_acc": summary.get("clean_acc", math.nan),

@@ -76,8 +76,8 @@ class Resolver:
         defenses = [cell.defense] + ([cell.attack_defense] if cell.attack_defense else [])
         return {
             "robench": robench.__version__,
-            "attack_version": type(self.attack(cell.attack)).version,
-            "defense_versions": {str(s): type(self.defense(s)).version for s in defenses},
+            "attack_version": self.attack(cell.attack).version,
+            "defense_versions": {str(s): self.defense(s).version for s in defenses},
             "checkpoints": {
                 **{str(s): getattr(self.model(s), "checkpoints", {}) for s in (cell.model, *cell.sources)},
                 **{str(s): self.defense(s).checkpoints for s in defenses},

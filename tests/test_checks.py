@@ -52,7 +52,7 @@ def _resolver_with(defense: Defense) -> Resolver:
 
 
 def test_every_flag_has_a_documentation_paragraph():
-    assert set(FLAG_DOCS) == {"undeclared-randomness", "nonfinite-gradient", "zero-gradient"}
+    assert {"undeclared-randomness", "nonfinite-gradient", "zero-gradient"} <= set(FLAG_DOCS)
     assert all(len(text) > 80 for text in FLAG_DOCS.values())
 
 
