@@ -163,12 +163,15 @@ def _attack_names() -> list[str]:
 QUERY_HEAVY = {"autoattack", "square", "fab-t"}  # thousands of queries: seconds each, behind `slow`
 
 
+OFFLINE_SPECS = {"ssp": "ssp:pretrained=false,steps=5"}  # the default downloads ImageNet VGG-16 weights
+
+
 @pytest.mark.parametrize(
     "name", [pytest.param(n, marks=pytest.mark.slow) if n in QUERY_HEAVY else n for n in _attack_names()]
 )
 @pytest.mark.parametrize("norm, eps", [("Linf", 2 / 255), ("Linf", 8 / 255), ("L2", 0.25), ("L2", 1.0)])
 def test_every_attack_stays_inside_its_threat_model(name, norm, eps):
-    attack = registry.build("attacks", name)
+    attack = registry.build("attacks", OFFLINE_SPECS.get(name, name))
     if norm not in attack.norms:
         pytest.skip(f"{name} does not support {norm}")
     if attack.unsupported("adaptive", Jitter()) is not None:
@@ -228,3 +231,18 @@ def test_attacks_declare_a_supported_kind_and_norms():
         assert issubclass(cls, Attack)
         assert cls.kind in ("white-box", "transfer", "black-box"), name
         assert set(cls.norms) <= {"Linf", "L2"} and cls.norms, name
+
+
+def test_ssp_distorts_features_more_than_its_random_start():
+    attack = registry.build("attacks", "ssp:pretrained=false,steps=10")
+    x = registry.build("datasets", "synthetic:image_size=16,size=4").load(n=4).x
+    threat = ThreatModel("Linf", 16 / 255)
+    features = attack.features(x.device)
+    torch.manual_seed(0)
+    start = threat.project(torch.randn_like(x), x)
+    x_adv = attack(torch.nn.Identity(), x, torch.zeros(4, dtype=torch.long), threat, seed=0)
+    with torch.no_grad():
+        moved = (features(x_adv) - features(x)).pow(2).mean()
+        initial = (features(start) - features(x)).pow(2).mean()
+    assert moved > initial
+    assert (threat.violation(x_adv, x) <= 1e-6).all()
