@@ -10,7 +10,7 @@ from torch import nn
 from robench.attack import Attack
 from robench.threat import ThreatModel
 
-VERSIONS = ("standard", "plus", "rand")
+VARIANTS = ("standard", "plus", "rand")  # AutoAttack's own `version` argument
 # AutoAttack logs its own sanity warnings (randomised defense, gradient masking) here.
 logging.getLogger("auto-attack").setLevel(logging.WARNING)
 
@@ -18,7 +18,8 @@ logging.getLogger("auto-attack").setLevel(logging.WARNING)
 class AutoAttack(Attack):
     """The official AutoAttack with its published parameters, recorded in every result.
 
-    ``standard``: APGD-CE (100 iterations) -> APGD-T (9 targets) -> FAB-T (9 targets) -> Square
+    ``variant`` is AutoAttack's ``version`` argument (renamed: ``version`` is a plugin's own
+    version in robench). ``standard``: APGD-CE (100 iterations) -> APGD-T (9 targets) -> FAB-T (9 targets) -> Square
     (5000 queries), each on the points still robust; an example is robust only if it survives
     all four. ``rand``: APGD-CE and APGD-DLR with EOT over 20 draws, for stochastic defenses
     (the attack averages the draws itself, so the runner gives it the plain pipeline). ``plus``:
@@ -30,16 +31,16 @@ class AutoAttack(Attack):
     norms = ("Linf", "L2")
     components: tuple[str, ...] | None = None
 
-    def __init__(self, *, version: str = "standard"):
-        if version not in VERSIONS:
-            raise ValueError(f"version must be one of {', '.join(VERSIONS)}, got {version!r}")
-        self.version = version
-        self.averages_draws = version == "rand"
+    def __init__(self, *, variant: str = "standard"):
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        self.variant = variant
+        self.averages_draws = variant == "rand"
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
         attack = pyautoattack.AutoAttack(
-            model, norm=threat.norm, eps=threat.eps, version=self.version, seed=seed, device=x.device
+            model, norm=threat.norm, eps=threat.eps, version=self.variant, seed=seed, device=x.device
         )
         if self.components is not None:
             attack.attacks_to_run = list(self.components)
@@ -55,7 +56,7 @@ class _Component(AutoAttack):
     """One attack of AutoAttack's standard version, with that version's parameters."""
 
     def __init__(self):
-        super().__init__(version="standard")
+        super().__init__(variant="standard")
 
 
 class APGDCE(_Component):

@@ -49,6 +49,8 @@ def check_images(x: torch.Tensor, *, who: str) -> None:
         raise DefenseInputError(f"{who} expects a batch of images shaped (B, C, H, W); got {shape}")
     if not x.is_floating_point():
         raise DefenseInputError(f"{who} expects float images in [0, 1]; got dtype {x.dtype} (divide uint8 by 255)")
+    if torch.isnan(x).any():
+        raise DefenseInputError(f"{who} got NaN pixels; images must be finite values in [0, 1]")
     if x.numel() and (x.min() < 0 or x.max() > 1):
         raise DefenseInputError(
             f"{who} expects pixel values in [0, 1]; got [{x.min().item():.3g}, {x.max().item():.3g}] "

@@ -218,7 +218,7 @@ def test_autoattack_rand_takes_the_plain_pipeline_not_an_eot_view():
     resolver.defense = lambda spec: Jitter()
     from robench.runner import normalise
 
-    cell = Cell(dataset="synthetic", model="tiny", defense="jitter", attack="autoattack:version=rand",
+    cell = Cell(dataset="synthetic", model="tiny", defense="jitter", attack="autoattack:variant=rand",
                 threat=LINF8, n=8, eot=10, draws=5)
     normal = normalise(cell, resolver)
     assert normal.eot == 1 and normal.draws == 5

@@ -138,7 +138,9 @@ def test_float64_input_stays_float64(spec, images):
     x = images[:2].double()
     with seeded(0), torch.no_grad():
         out = build(spec)(x)
-    assert out.dtype == torch.float64 and out.shape == x.shape, f"{spec}: float64 {tuple(x.shape)} -> {out.dtype} {tuple(out.shape)}"
+    assert out.dtype == torch.float64 and out.shape == x.shape, (
+        f"{spec}: float64 {tuple(x.shape)} -> {out.dtype} {tuple(out.shape)}"
+    )
     assert out.min() >= 0 and out.max() <= 1
 
 
@@ -174,7 +176,9 @@ def test_a_fixed_seed_reproduces_the_output(spec, images):
             first = defense(x)
         with seeded(3):
             second = defense(x)
-    assert torch.equal(first, second), f"{spec}: the same global seed gave different outputs (randomness not from torch's generator?)"
+    assert torch.equal(first, second), (
+        f"{spec}: the same global seed gave different outputs (randomness not from torch's generator?)"
+    )
 
 
 # --- gradients -------------------------------------------------------------------------------
@@ -285,8 +289,11 @@ def test_declared_attributes(spec):
     for attr in ("stochastic", "differentiable"):
         assert isinstance(getattr(defense, attr), bool), f"{spec}.{attr} is {getattr(defense, attr)!r}, not a bool"
     for owner in (type(defense), defense):
-        assert isinstance(owner.version, str) and owner.version.strip(), f"{spec}: version {owner.version!r} is not a non-empty string"
-    assert isinstance(defense.checkpoints, dict), f"{spec}.checkpoints is {type(defense.checkpoints).__name__}, not a dict"
+        assert isinstance(owner.version, str) and owner.version.strip(), (
+            f"{spec}: version {owner.version!r} is not a non-empty string"
+        )
+    checkpoints = defense.checkpoints
+    assert isinstance(checkpoints, dict), f"{spec}.checkpoints is {type(checkpoints).__name__}, not a dict"
 
 
 @pytest.mark.parametrize("spec", CASES)
@@ -300,7 +307,9 @@ def _assert_keyword_only(cls: type, who: str) -> None:
     # Named positional parameters break the contract; ``*args`` (nn.Module's own ``__init__``) is
     # allowed as long as a positional argument is refused, which the call below checks.
     positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    assert not positional, f"{who}: constructor arguments {positional} are not keyword-only (write `def __init__(self, *, ...)`)"
+    assert not positional, (
+        f"{who}: constructor arguments {positional} are not keyword-only (write `def __init__(self, *, ...)`)"
+    )
     with pytest.raises(TypeError):
         cls(1)
 
@@ -377,8 +386,12 @@ def test_attack_builds_with_defaults_and_declares_itself(name):
         pytest.fail(f"registered attack {name!r} cannot be built with its defaults: {err!r}")
     assert attack.kind in ATTACK_KINDS, f"{name}.kind is {attack.kind!r}, not one of {ATTACK_KINDS}"
     norms = tuple(attack.norms)
-    assert norms and set(norms) <= set(NORMS), f"{name}.norms is {attack.norms!r}; expected a non-empty subset of {NORMS}"
-    assert isinstance(attack.version, str) and attack.version.strip(), f"{name}.version {attack.version!r} is not a non-empty string"
+    assert norms and set(norms) <= set(NORMS), (
+        f"{name}.norms is {attack.norms!r}; expected a non-empty subset of {NORMS}"
+    )
+    assert isinstance(attack.version, str) and attack.version.strip(), (
+        f"{name}.version {attack.version!r} is not a non-empty string"
+    )
     # The runner keys cached results on the instance's version; a hyperparameter stored as
     # `version` would hide every bump of the plugin's declared version.
     assert attack.version == type(attack).version, (
