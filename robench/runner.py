@@ -191,6 +191,7 @@ def run_grid(
     result = GridResult()
     env = environment(device)
     run_id = store.start_run(command, env)
+    store.set_members(benchmark, [key for _, key, _ in prepared])
     bar = tqdm(prepared, desc=benchmark, unit="cell", disable=not progress)
     for cell, key, provenance in bar:
         bar.set_postfix_str(_describe(cell)[:60])

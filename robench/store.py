@@ -151,6 +151,15 @@ class Store:
         if commit:
             self._db.commit()
 
+    def set_members(self, benchmark: str, keys: list[str]) -> None:
+        """Make ``keys`` the cells of a benchmark (its latest grid); other cells stay in the store, untagged."""
+        with self._db:
+            self._db.execute("DELETE FROM benchmark_cells WHERE benchmark = ?", (benchmark,))
+            self._db.executemany(
+                "INSERT OR IGNORE INTO benchmark_cells (benchmark, key) SELECT ?, key FROM cells WHERE key = ?",
+                [(benchmark, key) for key in keys],
+            )
+
     def completed_batches(self, key: str) -> set[int]:
         """Indices of the batches of a cell already committed."""
         return {r[0] for r in self._db.execute("SELECT batch FROM batches WHERE key = ?", (key,))}

@@ -224,3 +224,12 @@ def test_cells_are_frozen_and_hashable():
         cell.n = 3
     assert len({cell, tiny_cell()}) == 1
     assert Cell.from_json(cell.to_json()) == cell
+
+
+def test_a_benchmark_shows_the_cells_of_its_latest_grid(tmp_path):
+    with Store(tmp_path / "s.sqlite") as store:
+        run_grid([tiny_cell(), tiny_cell(attack="fgsm")], store, benchmark="t", device=CPU, progress=False)
+        run_grid([tiny_cell(attack="fgsm")], store, benchmark="t", device=CPU, progress=False)
+        members = [r.spec["attack"] for r in store.benchmark_cells("t")]
+        kept = store._db.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
+    assert members == ["fgsm"] and kept == 2, "dropped cells leave the table but stay in the store"
