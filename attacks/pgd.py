@@ -1,15 +1,30 @@
 """PGD (Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018)."""
 
+from __future__ import annotations
+
+from contextlib import nullcontext
+
 import torch
+import torch.nn.functional as F
 import torchattacks
 from torch import nn
 
 from robench.attack import Attack
 from robench.threat import ThreatModel
 
+AUTOCAST = {None: None, "bf16": torch.bfloat16}
+# torchattacks' PGDL2 adds this to the gradient norm before dividing; the native loop does the same.
+_L2_DIVISION_EPS = 1e-10
+
 
 class PGD(Attack):
-    """Projected gradient ascent on the cross-entropy, through torchattacks.PGD (Linf) / PGDL2 (L2).
+    """Projected gradient ascent on the cross-entropy (Madry et al. 2018).
+
+    With every speed option off, this is torchattacks.PGD (Linf) / PGDL2 (L2), unchanged. With
+    any of ``early_stop``, ``autocast`` or ``channels_last`` on, it runs :func:`pgd_loop`, robench's
+    own loop with the same update rule and the same random start (drawn as torchattacks draws
+    it). robench implements that loop itself because torchattacks has no early stop and no
+    autocast: its PGD always runs every step on the whole batch in float32.
 
     Args:
         steps: iterations (DIR evaluates with 20 and trains with 5; RDP Table 4 uses 10).
@@ -19,6 +34,21 @@ class PGD(Attack):
         restarts: independent runs; an example counts as broken by the first run that breaks it.
         targeted: descend the cross-entropy of a target label drawn uniformly among the wrong
             classes (Xie et al. 2019a, RDP Table 4); robustness is still scored on the true label.
+        early_stop: keep each example's first iterate that is misclassified (targeted: classified
+            as the target) and drop it from the batch, so later steps cost less. Examples never
+            broken end on the same iterate as without it. On a stochastic pipeline (or an EOT
+            view) "misclassified" is judged on the draw the step's forward pass saw; the runner's
+            re-scoring of every returned example through the real pipeline decides robustness.
+        autocast: None (float32) or ``"bf16"``: forward and backward under
+            ``torch.autocast(device, torch.bfloat16)`` on CPU or CUDA; the input, its gradient,
+            the step and the projection stay float32, so the result lies in the threat model.
+            With ``early_stop``, an example is only dropped once a float32 forward pass agrees
+            it is broken. Fast on GPUs and CPUs with native bf16; much slower on CPUs without it.
+        channels_last: give the model its input in ``torch.channels_last`` memory format (4-D
+            images only). Only the input tensor is converted, never the model: the model may be
+            shared by other cells and views (Pipeline, EOT), and convolutions follow the input's
+            format anyway. A model that calls ``.view`` on a channels-last activation raises; use
+            the default format for it. The returned images keep the layout of ``x``.
     """
 
     def __init__(
@@ -29,27 +59,51 @@ class PGD(Attack):
         random_start: bool = True,
         restarts: int = 1,
         targeted: bool = False,
+        early_stop: bool = False,
+        autocast: str | None = None,
+        channels_last: bool = False,
     ):
         for name, value in (("steps", steps), ("restarts", restarts)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if step_size is not None and not step_size > 0:
             raise ValueError(f"step_size must be positive, got {step_size!r}")
+        if autocast not in AUTOCAST:
+            raise ValueError(f"autocast must be None or 'bf16', got {autocast!r}")
         self.steps = steps
         self.step_size = step_size
         self.random_start = random_start
         self.restarts = restarts
         self.targeted = targeted
+        self.early_stop = bool(early_stop)
+        self.autocast = autocast
+        self.channels_last = bool(channels_last)
+
+    @property
+    def native(self) -> bool:
+        """True when robench's own loop runs (any speed option on); False: torchattacks."""
+        return self.early_stop or self.autocast is not None or self.channels_last
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
-        attack = self._torchattack(model, threat)
+        if self.channels_last and x.dim() != 4:
+            raise ValueError(f"channels_last needs 4-D images (B, C, H, W); got shape {tuple(x.shape)}")
+        # torchattacks has no early stop and no autocast, so any speed option runs robench's own
+        # loop; with all of them off the torchattacks path stays, equal to calling it directly.
+        attack = None if self.native else self._torchattack(model, threat)
         goal = self._targets(model, x, y) if self.targeted else y
         best = x.clone()
         pending = torch.ones(len(x), dtype=torch.bool, device=x.device)
         for _ in range(self.restarts):
-            if self.targeted:
-                attack.set_mode_targeted_by_function(lambda inputs, labels, g=goal[pending]: g, quiet=True)
-            x_adv = attack(x[pending], y[pending])
+            if attack is None:
+                x_adv = pgd_loop(
+                    model, x[pending], goal[pending], threat, steps=self.steps,
+                    step_size=self._step_size(threat), random_start=self.random_start, targeted=self.targeted,
+                    early_stop=self.early_stop, autocast=self.autocast, channels_last=self.channels_last,
+                )
+            else:
+                if self.targeted:
+                    attack.set_mode_targeted_by_function(lambda inputs, labels, g=goal[pending]: g, quiet=True)
+                x_adv = attack(x[pending], y[pending])
             index = pending.nonzero().flatten()
             best[index] = x_adv
             if self.restarts == 1:
@@ -69,11 +123,105 @@ class PGD(Attack):
             classes = model(x[:1]).shape[1]
         return (y + torch.randint(1, classes, y.shape, device=y.device)) % classes
 
+    def _step_size(self, threat: ThreatModel) -> float:
+        if self.step_size is not None:
+            return self.step_size
+        return 2 / 255 if threat.norm == "Linf" else threat.eps / 5
+
     def _torchattack(self, model: nn.Module, threat: ThreatModel) -> torchattacks.attack.Attack:
-        if threat.norm == "Linf":
-            alpha = 2 / 255 if self.step_size is None else self.step_size
-            return torchattacks.PGD(model, eps=threat.eps, alpha=alpha, steps=self.steps,
-                                    random_start=self.random_start)
-        alpha = threat.eps / 5 if self.step_size is None else self.step_size
-        return torchattacks.PGDL2(model, eps=threat.eps, alpha=alpha, steps=self.steps,
-                                  random_start=self.random_start)
+        cls = torchattacks.PGD if threat.norm == "Linf" else torchattacks.PGDL2
+        return cls(model, eps=threat.eps, alpha=self._step_size(threat), steps=self.steps,
+                   random_start=self.random_start)
+
+
+def pgd_loop(
+    model: nn.Module,
+    x: torch.Tensor,
+    goal: torch.Tensor,
+    threat: ThreatModel,
+    *,
+    steps: int,
+    step_size: float,
+    random_start: bool = True,
+    targeted: bool = False,
+    early_stop: bool = False,
+    autocast: str | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """PGD with torchattacks' update rule, plus early stop, bf16 autocast and channels_last (see :class:`PGD`).
+
+    Written here rather than called from torchattacks, which has none of the three options.
+    ``x`` (B, C, H, W) in the threat model's bounds; ``goal`` (B,) the true labels, or the target
+    labels when ``targeted``. Returns the adversarial images (B, C, H, W), float32, laid out as ``x``.
+    """
+    total = len(x)
+    out = x.clone()
+    if total == 0:
+        return out
+    dtype = AUTOCAST[autocast]
+    # Drawn on the input as given, before any layout change, exactly as torchattacks draws it.
+    x_adv = _random_start(x, threat) if random_start else x.clone()
+    if channels_last:
+        x, x_adv = (t.contiguous(memory_format=torch.channels_last) for t in (x, x_adv))
+    active = torch.arange(total, device=x.device)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        with torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext():
+            logits = model(x_adv)
+        # Summed and divided by the whole batch: each example's gradient is what torchattacks'
+        # mean over the full batch gives it, however many examples early stop has dropped.
+        loss = F.cross_entropy(logits.float(), goal, reduction="sum") / total
+        (grad,) = torch.autograd.grad(-loss if targeted else loss, x_adv)
+        x_adv = x_adv.detach()
+        if early_stop:
+            # The forward pass just made scores the current iterate: broken ones are kept as
+            # they are (their first successful iterate) and leave the batch before the next step.
+            # Reusing it costs each broken example one wasted backward pass, where a separate
+            # check would cost every step one more forward pass over the whole active batch.
+            done = _broken(model, x_adv, logits.detach(), goal, targeted, confirm=dtype is not None)
+            if done.any():
+                out[active[done]] = x_adv[done]
+                keep = ~done
+                active, x, x_adv, goal, grad = active[keep], x[keep], x_adv[keep], goal[keep], grad[keep]
+                if not len(active):
+                    return out
+        x_adv = threat.project(x_adv + step_size * _direction(grad, threat.norm), x)
+    out[active] = x_adv
+    return out
+
+
+def _random_start(x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+    """torchattacks' random start, draw for draw: uniform in the Linf box, or PGDL2's radius-uniform L2 draw."""
+    if threat.norm == "Linf":
+        noise = torch.empty_like(x).uniform_(-threat.eps, threat.eps)
+    else:
+        noise = torch.empty_like(x).normal_()
+        norms = noise.flatten(1).norm(p=2, dim=1).view(len(x), *([1] * (x.dim() - 1)))
+        radius = torch.zeros_like(norms).uniform_(0, 1)
+        noise *= radius / norms * threat.eps
+    return (x + noise).clamp(*threat.bounds)
+
+
+def _direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """torchattacks' step direction: the sign (Linf) or the gradient over its L2 norm plus 1e-10."""
+    if norm == "Linf":
+        return grad.sign()
+    length = grad.flatten(1).norm(p=2, dim=1) + _L2_DIVISION_EPS
+    return grad / length.view(-1, *([1] * (grad.dim() - 1)))
+
+
+def _broken(
+    model: nn.Module, x_adv: torch.Tensor, logits: torch.Tensor, goal: torch.Tensor, targeted: bool, *, confirm: bool
+) -> torch.Tensor:
+    """Which iterates are misclassified (targeted: hit ``goal``); ``confirm`` re-checks candidates in float32."""
+
+    def hit(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        prediction = scores.argmax(dim=1)
+        return prediction == labels if targeted else prediction != labels
+
+    done = hit(logits, goal)
+    if confirm and done.any():  # a bf16 forward pass alone must not end an example's attack
+        index = done.nonzero().flatten()
+        with torch.no_grad():
+            done[index] = hit(model(x_adv[index]), goal[index])
+    return done

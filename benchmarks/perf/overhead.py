@@ -29,12 +29,11 @@ import pstats
 import re
 import statistics
 import tempfile
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-os.environ.setdefault("ROBENCH_DATA", str(REPO_ROOT.parent / "shared" / "data"))
+from _timing import REPO_ROOT, alternate, format_values, load_warning, stats, timed, use_default_data
+
+use_default_data()
 
 import torch  # noqa: E402
 import torchattacks  # noqa: E402
@@ -60,19 +59,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--profile", action="store_true", help="also cProfile one robench call")
     return parser.parse_args()
-
-
-@contextmanager
-def timed(device: torch.device):
-    """Yield a dict that receives ``wall`` and ``cpu`` (this process, all threads) seconds of the block."""
-    took = {}
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    yield took
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    took.update(wall=time.perf_counter() - wall, cpu=time.process_time() - cpu)
 
 
 def direct_setup(n: int, device: torch.device) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -118,37 +104,24 @@ def measure(args, device: torch.device) -> dict:
     """Warm up both paths, then alternate timed runs; returns per-path timings and accuracies."""
     model, x, y = direct_setup(args.n, device)
     cell = perf_cell(args.n, args.seed)
-    run_direct(model, x, y, args.seed, device)
-    run_robench(cell, device)
-    runs = {"direct": [], "robench": []}
-    accs = {"direct": set(), "robench": set()}
-    batch_walls, summary = [], {}
-    for repeat in range(args.repeats):
-        for path in ("direct", "robench") if repeat % 2 == 0 else ("robench", "direct"):
-            if path == "direct":
-                took, acc = run_direct(model, x, y, args.seed, device)
-            else:
-                took, acc, summary = run_robench(cell, device)
-                batch_walls.append(summary["batch_wall_s"])
-            runs[path].append(took)
-            accs[path].add(acc)
-    return {"runs": runs, "accs": accs, "batch_walls": batch_walls, "summary": summary}
 
+    def robench_path():
+        took, acc, summary = run_robench(cell, device)
+        return took, (acc, summary)
 
-def _stats(runs: list[dict]) -> dict:
-    walls = [r["wall"] for r in runs]
-    return {"wall": statistics.median(walls), "min": min(walls), "cpu": statistics.median(r["cpu"] for r in runs),
-            "all": ", ".join(f"{w:.2f}" for w in walls)}
-
-
-def _accs(accs: set) -> str:
-    return ", ".join(f"{a:.4f}" for a in sorted(accs))
+    results = alternate({"direct": lambda: run_direct(model, x, y, args.seed, device), "robench": robench_path},
+                        args.repeats)
+    runs = {path: [took for took, _ in results[path]] for path in results}
+    accs = {"direct": {acc for _, acc in results["direct"]}, "robench": {acc for _, (acc, _) in results["robench"]}}
+    summaries = [summary for _, (_, summary) in results["robench"]]
+    return {"runs": runs, "accs": accs, "batch_walls": [s["batch_wall_s"] for s in summaries],
+            "summary": summaries[-1]}
 
 
 def report(args, device: torch.device, m: dict, load: tuple[float, float]) -> None:
     """Print the environment line, the table, the ratio and the TARGET MET / MISSED verdict."""
-    a, b = _stats(m["runs"]["direct"]), _stats(m["runs"]["robench"])
-    rows = [[name, s["wall"], s["min"], s["cpu"], s["all"], _accs(m["accs"][key])]
+    a, b = stats(m["runs"]["direct"]), stats(m["runs"]["robench"])
+    rows = [[name, s["wall"], s["min"], s["cpu"], s["all"], format_values(m["accs"][key])]
             for name, key, s in (("(a) torchattacks direct", "direct", a), ("(b) robench run_grid", "robench", b))]
     rows.append(["ratio b/a", b["wall"] / a["wall"], b["min"] / a["min"], b["cpu"] / a["cpu"], "", ""])
     print(f"device: {device} | torch {torch.__version__} | torchattacks {torchattacks.__version__} | "
@@ -159,14 +132,13 @@ def report(args, device: torch.device, m: dict, load: tuple[float, float]) -> No
     s, batch = m["summary"], statistics.median(m["batch_walls"])
     print(f"robench: clean acc {s['clean_acc']:.4f}, attacked {s['attacked']}/{s['n']} (direct attacks all {args.n}); "
           f"median batch loop (stored wall_s) {batch:.3f} s, rest of run_grid {b['wall'] - batch:.3f} s")
-    cores = os.cpu_count() or 1
-    if max(load) > cores:
-        print(f"WARNING: load average {load[0]:.1f} -> {load[1]:.1f} on {cores} cores: other processes compete "
-              "for the CPU, wall times are noisy; trust min wall and cpu ratios more than the median")
+    warning = load_warning(load)
+    if warning:
+        print(warning)
     ratio = b["wall"] / a["wall"]
     equal = len(m["accs"]["direct"]) == 1 and m["accs"]["direct"] == m["accs"]["robench"]
-    print(f"robust accuracies {'EQUAL' if equal else 'DIFFER'}: direct {_accs(m['accs']['direct'])}, "
-          f"robench {_accs(m['accs']['robench'])}")
+    print(f"robust accuracies {'EQUAL' if equal else 'DIFFER'}: direct {format_values(m['accs']['direct'])}, "
+          f"robench {format_values(m['accs']['robench'])}")
     verdict = "TARGET MET" if ratio <= TARGET_RATIO and equal else "TARGET MISSED"
     print(f"{verdict}: median wall ratio robench/direct {ratio:.3f} (target <= {TARGET_RATIO:.2f}, "
           f"accuracies {'equal' if equal else 'differ'})")
