@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robench.attack import Attack
+from robench.hyper import check_positive, check_positive_int
 from robench.threat import ThreatModel
 
 LABEL_MODES = ("true", "pred")
@@ -91,10 +92,8 @@ class MomentumAttack(Attack):
 
     def __init__(self, *, steps: int = 10, step_size: float | None = None, decay: float = 1.0,
                  label_mode: str = "true"):
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        if step_size is not None and not step_size > 0:
-            raise ValueError(f"step_size must be positive, got {step_size!r}")
+        check_positive_int("steps", steps)
+        check_positive("step_size", step_size, optional=True)
         if not decay >= 0:
             raise ValueError(f"decay must be non-negative, got {decay!r}")
         if label_mode not in LABEL_MODES:
@@ -129,6 +128,3 @@ def check_probability(name: str, p: float) -> None:
         raise ValueError(f"{name} must lie in [0, 1], got {p!r}")
 
 
-def check_positive_int(name: str, n: int) -> None:
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"{name} must be a positive integer, got {n!r}")

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robench.attack import Attack
+from robench.hyper import check_positive, check_positive_int
 from robench.target import split_eot
 from robench.threat import ThreatModel
 
@@ -24,10 +25,8 @@ class BPDAEOT(Attack):
     norms = ("Linf", "L2")
 
     def __init__(self, *, steps: int = 40, step_size: float = 2 / 255, random_start: bool = True):
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        if not step_size > 0:
-            raise ValueError(f"step_size must be positive, got {step_size!r}")
+        check_positive_int("steps", steps)
+        check_positive("step_size", step_size)
         self.steps = steps
         self.step_size = step_size
         self.random_start = random_start

@@ -5,6 +5,7 @@ import torchattacks
 from torch import nn
 
 from robench.attack import Attack
+from robench.hyper import check_positive, check_positive_int
 from robench.defense import BPDA
 from robench.masks import MaskedDefense, fixed_mask_view
 from robench.target import Pipeline, split_eot
@@ -25,8 +26,8 @@ class MaskAdaptive(Attack):
     averages_draws = True  # one fixed mask draw per image, never an EOT view
 
     def __init__(self, *, steps: int = 40, step_size: float = 2 / 255, random_start: bool = True):
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        check_positive_int("steps", steps)
+        check_positive("step_size", step_size)
         self.steps = steps
         self.step_size = step_size
         self.random_start = random_start

@@ -10,6 +10,7 @@ import torchattacks
 from torch import nn
 
 from robench.attack import Attack
+from robench.hyper import check_positive, check_positive_int
 from robench.threat import ThreatModel
 
 AUTOCAST = {None: None, "bf16": torch.bfloat16}
@@ -63,11 +64,9 @@ class PGD(Attack):
         autocast: str | None = None,
         channels_last: bool = False,
     ):
-        for name, value in (("steps", steps), ("restarts", restarts)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if step_size is not None and not step_size > 0:
-            raise ValueError(f"step_size must be positive, got {step_size!r}")
+        check_positive_int("steps", steps)
+        check_positive_int("restarts", restarts)
+        check_positive("step_size", step_size, optional=True)
         if autocast not in AUTOCAST:
             raise ValueError(f"autocast must be None or 'bf16', got {autocast!r}")
         self.steps = steps

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robench.attacks._momentum import MID_GREY, Direction, check_positive_int, smooth
+from robench.attacks._momentum import MID_GREY, Direction, smooth
+from robench.hyper import check_positive_int
 from robench.attacks.tidim import TIDIM
 from robench.threat import ThreatModel
 

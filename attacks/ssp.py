@@ -7,6 +7,7 @@ import torchvision
 from torch import nn
 
 from robench.attack import Attack
+from robench.hyper import check_positive, check_positive_int
 from robench.threat import ThreatModel
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -29,8 +30,8 @@ class SSP(Attack):
     norms = ("Linf",)
 
     def __init__(self, *, steps: int = 100, step_size: float = 0.01, pretrained: bool = True):
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        check_positive_int("steps", steps)
+        check_positive("step_size", step_size)
         self.steps = steps
         self.step_size = step_size
         self.pretrained = pretrained

@@ -4,7 +4,8 @@ Variance Tuning", CVPR 2021; code JHL-HUST/VT)."""
 import torch
 from torch import nn
 
-from robench.attacks._momentum import Direction, MomentumAttack, check_positive_int, input_gradient
+from robench.attacks._momentum import Direction, MomentumAttack, input_gradient
+from robench.hyper import check_positive_int
 from robench.threat import ThreatModel
 
 

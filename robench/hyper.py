@@ -1,0 +1,17 @@
+"""Checks of plugin hyperparameters, with errors that name the argument and the value given."""
+
+from __future__ import annotations
+
+
+def check_positive_int(name: str, value) -> None:
+    """Raise ValueError unless ``value`` is an integer >= 1 (booleans refused)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_positive(name: str, value, *, optional: bool = False) -> None:
+    """Raise ValueError unless ``value`` is a number > 0 (or None when ``optional``)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
