@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from robench.spec import Spec, SpecError, parse_spec
 from robench.threat import ThreatModel
 
-SETTINGS = ("adaptive", "oblivious", "transfer", "surrogate-defense")
+SETTINGS = ("adaptive", "oblivious", "transfer", "surrogate-defense", "restored")
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,10 @@ class Cell:
     Settings are views the runner builds (DESIGN §4): ``adaptive`` attacks the defended
     pipeline (BPDA / EOT as the defense declares); ``oblivious`` attacks the bare model;
     ``transfer`` attacks the ``sources`` (an ensemble averages logits); ``surrogate-defense``
-    attacks the ``sources`` behind ``attack_defense`` with BPDA. All score the defended model.
+    attacks the ``sources`` behind ``attack_defense`` with BPDA. All score the defended model,
+    except ``restored`` (DIR Eq. 9): its points are the defense's restorations ``g(x')`` of
+    ``x'`` (the ``restore_from`` attack on the pipeline, or the natural image when None), and the
+    attack and the scoring see the bare model, inside the threat model around ``g(x')``.
     """
 
     dataset: Spec
@@ -37,6 +40,7 @@ class Cell:
     batch_size: int = 64
     sources: tuple[Spec, ...] = field(default=())
     attack_defense: Spec | None = None
+    restore_from: Spec | None = None
 
     def __post_init__(self):
         for name in ("dataset", "model", "defense", "attack"):
@@ -44,6 +48,8 @@ class Cell:
         object.__setattr__(self, "sources", tuple(parse_spec(s) for s in self.sources))
         if self.attack_defense is not None:
             object.__setattr__(self, "attack_defense", parse_spec(self.attack_defense))
+        if self.restore_from is not None:
+            object.__setattr__(self, "restore_from", parse_spec(self.restore_from))
         if self.setting not in SETTINGS:
             raise SpecError(f"unknown setting {self.setting!r}; choose one of {', '.join(SETTINGS)}")
         if self.setting in ("transfer", "surrogate-defense") and not self.sources:
@@ -52,14 +58,16 @@ class Cell:
             raise SpecError(f"setting {self.setting!r} takes no source models")
         if (self.setting == "surrogate-defense") != (self.attack_defense is not None):
             raise SpecError("an attacker-side defense is given exactly for the 'surrogate-defense' setting")
+        if self.restore_from is not None and self.setting != "restored":
+            raise SpecError(f"restore_from belongs to the 'restored' setting, not {self.setting!r}")
         for name in ("n", "draws", "eot", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SpecError(f"{name} must be a positive integer, got {value!r}")
 
     def to_json(self) -> dict:
-        """Canonical JSON form (specs as strings, eps as a float)."""
-        return {
+        """Canonical JSON form (specs as strings, eps as a float); ``restore_from`` only in its setting."""
+        data = {
             "dataset": str(self.dataset),
             "split": self.split,
             "n": self.n,
@@ -76,6 +84,9 @@ class Cell:
             "eot": self.eot,
             "batch_size": self.batch_size,
         }
+        if self.setting == "restored":
+            data["restore_from"] = None if self.restore_from is None else str(self.restore_from)
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> "Cell":
@@ -87,6 +98,7 @@ class Cell:
             sources=tuple(data["sources"]), attack_defense=data["attack_defense"],
             threat=ThreatModel(threat["norm"], threat["eps"], tuple(threat["bounds"])),
             seed=data["seed"], draws=data["draws"], eot=data["eot"], batch_size=data["batch_size"],
+            restore_from=data.get("restore_from"),
         )
 
     def normalised(self, *, draws_matter: bool, eot_matters: bool) -> "Cell":

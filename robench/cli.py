@@ -66,11 +66,13 @@ def _first_sentence(text: str, width: int = 80) -> str:
 @click.option("--model", "models", multiple=True, help="Model spec (repeatable).")
 @click.option("--defense", "defenses", multiple=True, help="Defense spec, e.g. jpeg:quality=75 (repeatable).")
 @click.option("--attack", "attacks", multiple=True, help="Attack spec, e.g. pgd:steps=10 (repeatable).")
-@click.option("--setting", "settings", multiple=True, help="adaptive | oblivious | transfer | surrogate-defense.")
+@click.option("--setting", "settings", multiple=True,
+              help="adaptive | oblivious | transfer | surrogate-defense | restored.")
 @click.option("--eps", "eps", multiple=True, help="Budget in [0,1] units, e.g. 8/255 (repeatable).")
 @click.option("--norm", help="Linf or L2.")
 @click.option("--source", "sources", multiple=True, help="Source model spec for transfer settings (repeatable).")
 @click.option("--attack-defense", help="Attacker-side defense spec for the surrogate-defense setting.")
+@click.option("--restore-from", help="Attack whose examples the defense restores in the restored setting (DIR Eq. 9).")
 @click.option("-n", "n", type=int, help="Number of examples.")
 @click.option("--sample-seed", type=int, help="Draw a seeded random subset instead of the first n examples.")
 @click.option("--seed", type=int, help="Seed of the attack and defense randomness.")
@@ -83,13 +85,14 @@ def _first_sentence(text: str, width: int = 80) -> str:
 @click.option("--data-root", type=click.Path(file_okay=False), help="Folder with the datasets (or set ROBENCH_DATA).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, norm, sources, attack_defense, n,
-                sample_seed, seed, draws, eot, batch_size, name, store_path, results_dir, data_root, device, progress):
+def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, norm, sources, attack_defense,
+                restore_from, n, sample_seed, seed, draws, eot, batch_size, name, store_path, results_dir, data_root,
+                device, progress):
     """Run a registered BENCHMARK (or grid file), or an ad-hoc grid given by options."""
     if data_root:
         os.environ["ROBENCH_DATA"] = data_root
     scalars = {"dataset": dataset, "n": n, "sample_seed": sample_seed, "seed": seed, "draws": draws, "eot": eot,
-               "batch_size": batch_size, "norm": norm, "attack_defense": attack_defense,
+               "batch_size": batch_size, "norm": norm, "attack_defense": attack_defense, "restore_from": restore_from,
                "sources": list(sources) or None}
     axes = {"models": list(models), "defenses": list(defenses), "attacks": list(attacks),
             "settings": list(settings), "eps": list(eps)}

@@ -32,10 +32,12 @@ AXES = ("models", "defenses", "attacks", "settings", "eps")
 SCALARS = {
     "dataset": str, "split": str, "n": int, "sample_seed": (int, type(None)), "seed": int, "draws": int,
     "eot": int, "batch_size": int, "norm": str, "sources": list, "attack_defense": (str, type(None)),
+    "restore_from": (str, type(None)),
 }
 META = ("name", "description", "grids", "paper")
 DEFAULTS = {"settings": ["adaptive"], "split": "test", "n": 64, "sample_seed": None, "seed": 0, "draws": 10, "eot": 10,
-            "batch_size": 64, "norm": "Linf", "sources": [], "attack_defense": None}
+            "batch_size": 64, "norm": "Linf", "sources": [], "attack_defense": None,
+            "restore_from": None}
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ def _expand_block(block: dict, *, where: str) -> list[Cell]:
                 draws=block["draws"], eot=block["eot"], batch_size=block["batch_size"],
                 sources=tuple(parse_spec(s) for s in block["sources"]) if transfers else (),
                 attack_defense=block["attack_defense"] if setting == "surrogate-defense" else None,
+                restore_from=block["restore_from"] if setting == "restored" else None,
             )
         )
     return cells

@@ -50,13 +50,10 @@ class Resolver:
     def check(self, cell: Cell) -> None:
         """Raise :class:`ConfigError` if the cell's parts do not fit together."""
         examples, data = self.examples(cell.dataset, cell.split, cell.n, cell.sample_seed)
-        attack = self.attack(cell.attack)
-        if cell.threat.norm not in attack.norms:
-            raise ConfigError(f"attack {cell.attack} supports {', '.join(attack.norms)}, not {cell.threat.norm}")
         attacked = cell.attack_defense if cell.setting == "surrogate-defense" else cell.defense
-        reason = attack.unsupported(cell.setting, self.defense(attacked))
-        if reason:
-            raise ConfigError(f"attack {cell.attack} cannot run here: {reason}")
+        self._check_attack(cell.attack, cell.setting, attacked, cell.threat.norm)
+        if cell.restore_from is not None:
+            self._check_attack(cell.restore_from, "adaptive", cell.defense, cell.threat.norm)
         self.defense(cell.defense)
         if cell.attack_defense is not None:
             self.defense(cell.attack_defense)
@@ -71,10 +68,20 @@ class Resolver:
             if classes != data.num_classes:
                 raise ConfigError(f"model {spec} has {classes} classes, {cell.dataset} has {data.num_classes}")
 
+    def _check_attack(self, spec: Spec, setting: str, defense: Spec, norm: str) -> None:
+        attack = self.attack(spec)
+        if norm not in attack.norms:
+            raise ConfigError(f"attack {spec} supports {', '.join(attack.norms)}, not {norm}")
+        reason = attack.unsupported(setting, self.defense(defense))
+        if reason:
+            raise ConfigError(f"attack {spec} cannot run here: {reason}")
+
     def provenance(self, cell: Cell) -> dict:
         """What besides the cell determines its numbers: versions, checkpoint hashes, data fingerprint."""
         defenses = [cell.defense] + ([cell.attack_defense] if cell.attack_defense else [])
+        restore = {} if cell.restore_from is None else {"restore_attack_version": self.attack(cell.restore_from).version}
         return {
+            **restore,
             "robench": robench.__version__,
             "attack_version": self.attack(cell.attack).version,
             "defense_versions": {str(s): self.defense(s).version for s in defenses},

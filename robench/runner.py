@@ -63,7 +63,7 @@ def attack_view(cell: Cell, resolver: Resolver) -> nn.Module:
     model = resolver.model(cell.model)
     if cell.setting == "adaptive":
         return adaptive_view(model, resolver.defense(cell.defense), eot_draws=cell.eot)
-    if cell.setting == "oblivious":
+    if cell.setting in ("oblivious", "restored"):
         return model
     sources = [resolver.model(s) for s in cell.sources]
     source = sources[0] if len(sources) == 1 else Ensemble(sources)
@@ -77,6 +77,16 @@ def batch_seed(seed: int, batch: int) -> int:
     return (seed * 1_000_003 + batch) % (2**63)
 
 
+def restored_points(cell: Cell, resolver: Resolver, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """DIR Eq. 9's starting points: the defense's restoration ``g(x')``, ``x'`` from ``restore_from`` or ``x``."""
+    defense = resolver.defense(cell.defense)
+    if cell.restore_from is not None:
+        pipeline = adaptive_view(resolver.model(cell.model), defense, eot_draws=cell.eot)
+        x = resolver.attack(cell.restore_from)(pipeline, x, y, cell.threat)
+    with torch.no_grad():
+        return defense(x)
+
+
 @torch.no_grad()
 def _predict(pipeline: nn.Module, x: torch.Tensor, draws: int) -> torch.Tensor:
     """Predictions of ``draws`` independent passes, shape ``(draws, B)``."""
@@ -88,7 +98,8 @@ def evaluate_cell(cell: Cell, key: str, resolver: Resolver, store: Store, *, pro
     examples = resolver.cell_examples(cell)
     model = resolver.model(cell.model)
     defense = resolver.defense(cell.defense)
-    pipeline = Pipeline(model, defense)
+    restored = cell.setting == "restored"
+    scorer = model if restored else Pipeline(model, defense)
     attacker = attack_view(cell, resolver)
     attack = resolver.attack(cell.attack)
     device = resolver.device
@@ -101,13 +112,15 @@ def evaluate_cell(cell: Cell, key: str, resolver: Resolver, store: Store, *, pro
         torch.manual_seed(batch_seed(cell.seed, batch))
         x = examples.x[start : start + cell.batch_size].to(device)
         y = examples.y[start : start + cell.batch_size].to(device)
-        clean = _predict(pipeline, x, cell.draws) == y
+        if restored:
+            x = restored_points(cell, resolver, x, y)
+        clean = _predict(scorer, x, cell.draws) == y
         attacked = clean.all(dim=0)
         x_adv = x.clone()
         if attacked.any():
             x_adv[attacked] = attack(attacker, x[attacked], y[attacked], cell.threat)
         cell.threat.check(x_adv, x)
-        adv_pred = _predict(pipeline, x_adv, cell.draws)
+        adv_pred = _predict(scorer, x_adv, cell.draws)
         robust = (adv_pred == y) & attacked
         distance = cell.threat.distance(x_adv, x)
         rows = [
@@ -148,14 +161,17 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def normalise(cell: Cell, resolver: Resolver) -> Cell:
-    """Fix draws to 1 for deterministic defenses, and EOT to 1 where the attacked view has no randomness."""
-    attacked = {"adaptive": cell.defense, "surrogate-defense": cell.attack_defense}.get(cell.setting)
+    """Fix draws to 1 where scoring has no randomness, and EOT to 1 where no attacked view has any."""
+    attacked, attack = {"adaptive": cell.defense, "surrogate-defense": cell.attack_defense}.get(cell.setting), cell.attack
+    if cell.setting == "restored":
+        attacked, attack = (cell.defense, cell.restore_from) if cell.restore_from is not None else (None, attack)
     eot_matters = (
         attacked is not None
         and resolver.defense(attacked).stochastic
-        and not resolver.attack(cell.attack).averages_draws
+        and not resolver.attack(attack).averages_draws
     )
-    return cell.normalised(draws_matter=resolver.defense(cell.defense).stochastic, eot_matters=eot_matters)
+    draws_matter = resolver.defense(cell.defense).stochastic and cell.setting != "restored"
+    return cell.normalised(draws_matter=draws_matter, eot_matters=eot_matters)
 
 
 def prepare(cells: list[Cell], resolver: Resolver) -> list[tuple[Cell, str, dict]]:
