@@ -81,3 +81,13 @@ def test_grids_give_restore_from_to_restored_cells_only():
     by_setting = {c.setting: c for c in cells}
     assert by_setting["adaptive"].restore_from is None
     assert str(by_setting["restored"].restore_from) == "pgd:steps=20"
+
+
+def test_restored_pgd_is_dir_eq9_and_runs_only_in_the_restored_setting(tmp_path):
+    rows = run_one(tmp_path, cell(attack="restored-pgd", restore_from="pgd:steps=5"))
+    assert len(rows) == 64
+    attack = Resolver(CPU).attack(cell(attack="restored-pgd").attack)
+    assert attack.steps == 20
+    with Store(tmp_path / "t.sqlite") as store, pytest.raises(ConfigError, match="restored setting"):
+        run_grid([cell(attack="restored-pgd", setting="adaptive")], store, benchmark="t", device=CPU,
+                 progress=False)
