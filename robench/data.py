@@ -3,7 +3,8 @@
 Each dataset returns deterministic subsets by ``(n, seed)``: ``seed=None`` takes the first
 ``n`` images of the split in their official order (as the papers do), an integer seed takes
 a seeded random subset. Example ids (``test/123``) name the image's index in the official
-split, so they stay stable across machines and enter the cell key.
+split, so they stay stable across machines and enter the cell key. The ImageNet-class datasets,
+decoded image by image, live in :mod:`robench.imagenet`.
 """
 
 from __future__ import annotations
@@ -70,13 +71,16 @@ def select(total: int, n: int | None, seed: int | None) -> np.ndarray:
 class ImageDataset:
     """A labelled image dataset with a known image shape and class count.
 
-    Subclasses provide :meth:`_arrays` returning ``(uint8 images NHWC or NHW, labels)`` for a split.
+    Subclasses provide :meth:`_arrays` returning ``(uint8 images NHWC or NHW, labels, index)`` for a
+    split, where ``index`` holds each row's position in the official split (None: the row number);
+    datasets too large to hold in memory override :meth:`load` and decode only what they select.
     """
 
     name: str = ""
     num_classes: int = 0
     image_shape: tuple[int, int, int] = (0, 0, 0)
     splits: tuple[str, ...] = ("test",)
+    hint: str = "or allow the download (network access, without ROBENCH_OFFLINE set)."
 
     def __init__(self, *, root: "str | Path | None" = None, download: bool = True):
         self.root = data_root(root)
@@ -84,26 +88,29 @@ class ImageDataset:
 
     def load(self, *, split: str = "test", n: int | None = None, seed: int | None = None) -> Examples:
         """Return ``n`` examples of ``split`` chosen by ``seed`` (None: the first ``n``)."""
-        if split not in self.splits:
-            raise ValueError(f"{self.name} has splits {', '.join(self.splits)}, not {split!r}")
-        images, labels = self._arrays(split, n)
-        index = select(len(images), n, seed)
-        x = torch.from_numpy(np.ascontiguousarray(images[index]))
+        self._check_split(split)
+        images, labels, official = self._arrays(split, n)
+        rows = select(len(images), n, seed)
+        x = torch.from_numpy(np.ascontiguousarray(images[rows]))
         x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
         x = x.float().div(255).contiguous()
-        y = torch.from_numpy(np.asarray(labels)[index].astype(np.int64))
+        y = torch.from_numpy(np.asarray(labels)[rows].astype(np.int64))
+        index = rows if official is None else np.asarray(official)[rows]
         return Examples(tuple(f"{split}/{i}" for i in index), x, y)
 
-    def _arrays(self, split: str, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+    def _check_split(self, split: str) -> None:
+        if split not in self.splits:
+            raise ValueError(f"{self.name} has splits {', '.join(self.splits)}, not {split!r}")
+
+    def _arrays(self, split: str, n: int | None) -> tuple[np.ndarray, np.ndarray, "np.ndarray | None"]:
         raise NotImplementedError
 
-    def _not_found(self, looked_for: list[str], why: str = "") -> DataNotFound:
-        where = "\n".join(f"  - {self.root / p}" for p in looked_for)
+    def _not_found(self, looked_for: list["str | Path"], why: str = "") -> DataNotFound:
+        # strings name files under the data root; Paths are already complete (e.g. from a path= option)
+        where = "\n".join(f"  - {p if isinstance(p, Path) else self.root / p}" for p in looked_for)
         return DataNotFound(
             f"{self.name} {why}not found. robench looked for:\n{where}\n"
-            f"Point robench at a folder holding one of these with --data-root DIR or {DATA_ENV}=DIR "
-            f"(the offline copies live in shared/data: {DATA_ENV}=../shared/data), "
-            "or allow the download (network access, without ROBENCH_OFFLINE set)."
+            f"Point robench at a folder holding one of these with --data-root DIR or {DATA_ENV}=DIR, {self.hint}"
         )
 
 
@@ -113,7 +120,7 @@ def _from_torchvision(factory: Callable, root: Path, train: bool, download: bool
     except RuntimeError:
         return None
     data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else ds.data
-    return np.asarray(data), np.asarray(ds.targets)
+    return np.asarray(data), np.asarray(ds.targets), None
 
 
 class CIFAR10(ImageDataset):
@@ -135,7 +142,7 @@ class CIFAR10(ImageDataset):
         if head.is_file():
             arrays = np.load(head)
             if n is None or n <= len(arrays["x"]):
-                return arrays["x"], arrays["y"]
+                return arrays["x"], arrays["y"], _head_index(split, len(arrays["y"]))
         if self.download:
             try:
                 found = _from_torchvision(torchvision.datasets.CIFAR10, self.root, split == "train", True)
@@ -143,8 +150,19 @@ class CIFAR10(ImageDataset):
                 found = None
             if found is not None:
                 return found
-        why = f"({split} split, n={n}; {head.name} holds only {len(np.load(head)['y'])}) " if head.is_file() else ""
-        raise self._not_found(["cifar-10-batches-py/ (torchvision's copy)", f"{head.name} (offline head)"], why)
+        held = f"; {head.name} holds only {len(np.load(head)['y'])}" if head.is_file() else ""
+        raise self._not_found(
+            ["cifar-10-batches-py/ (torchvision's copy)", f"{head.name} (offline head)"], f"({split} split, n={n}{held}) "
+        )
+
+
+def _head_index(split: str, count: int) -> "np.ndarray | None":
+    """Official indices of an offline head's rows: the train head holds the first images of each of the 5 batches."""
+    if split == "test":
+        return None
+    rows = np.arange(count)
+    per_batch = count // 5
+    return rows // per_batch * 10_000 + rows % per_batch
 
 
 class MNIST(ImageDataset):
@@ -164,7 +182,7 @@ class MNIST(ImageDataset):
         npz = self.root / "mnist_test.npz"
         if split == "test" and npz.is_file():
             arrays = np.load(npz)
-            return arrays["x"], arrays["y"]
+            return arrays["x"], arrays["y"], None
         if self.download:
             try:
                 found = _from_torchvision(torchvision.datasets.MNIST, self.root, split == "train", True)
@@ -172,7 +190,60 @@ class MNIST(ImageDataset):
                 found = None
             if found is not None:
                 return found
-        raise self._not_found(["MNIST/raw/ (torchvision's copy)", "mnist_test.npz (offline test split)"], "")
+        looked = ["MNIST/raw/ (torchvision's copy)"] + (["mnist_test.npz (offline test split)"] if split == "test" else [])
+        raise self._not_found(looked, f"({split} split) ")
+
+
+class SVHN(ImageDataset):
+    """SVHN cropped digits (Netzer et al. 2011): ``<split>_32x32.mat`` in the data root, else a download."""
+
+    name = "svhn"
+    num_classes = 10
+    image_shape = (3, 32, 32)
+    splits = ("test", "train", "extra")
+    hint = "or allow the download (network access, without ROBENCH_OFFLINE set); robench ships no SVHN copy."
+
+    def _arrays(self, split, n):
+        filename = f"{split}_32x32.mat"
+        for folder in (self.root, self.root / "svhn"):
+            if (folder / filename).is_file():
+                return _read_svhn(folder / filename)
+        if self.download:
+            from torchvision.datasets import SVHN as TorchvisionSVHN
+            from torchvision.datasets.utils import download_url
+
+            url, _, md5 = TorchvisionSVHN.split_list[split]
+            try:
+                download_url(url, str(self.root / "svhn"), filename, md5)
+            except (OSError, RuntimeError):
+                pass
+            else:
+                return _read_svhn(self.root / "svhn" / filename)
+        raise self._not_found([filename, f"svhn/{filename}"], f"({split} split) ")
+
+
+def _read_svhn(path: Path) -> tuple[np.ndarray, np.ndarray, None]:
+    # torchvision's SVHN reads a file only if its md5 is the official one, re-hashing it (182 MB,
+    # 1.3 GB for `extra`) on every load; a present file is read here the way torchvision reads it
+    # (scipy.io.loadmat) and checked by its structure instead. Downloads are md5-checked above.
+    try:
+        from scipy.io import loadmat
+    except ImportError as err:
+        raise ImportError("reading SVHN's .mat files needs scipy: pip install scipy") from err
+    try:
+        mat = loadmat(path)
+    except ValueError as err:
+        raise ValueError(f"{path} is not a readable MATLAB file ({err}); re-download it or remove it") from err
+    images, labels = mat.get("X"), mat.get("y")
+    if images is None or labels is None or images.ndim != 4 or images.shape[:3] != (32, 32, 3) \
+            or labels.size != images.shape[3]:
+        found = {k: getattr(v, "shape", None) for k, v in mat.items() if not k.startswith("__")}
+        raise ValueError(f"{path} is not an SVHN file: expected X (32, 32, 3, N) and y (N, 1), found {found}")
+    labels = labels.astype(np.int64).reshape(-1)
+    labels[labels == 10] = 0  # SVHN stores the digit 0 as class 10; torchvision maps it the same way
+    if labels.min() < 0 or labels.max() > 9:
+        raise ValueError(f"{path} has labels outside 1..10: {sorted(set(labels.tolist()))[:10]}")
+    return np.moveaxis(images, 3, 0), labels, None
 
 
 class Synthetic(ImageDataset):
@@ -195,7 +266,7 @@ class Synthetic(ImageDataset):
         labels = torch.randint(0, self.num_classes, (self.size,), generator=generator)
         noise = torch.rand((self.size, *self.image_shape), generator=generator) * 0.2 - 0.1
         images = (templates[labels] + noise).clamp(0, 1).mul(255).round().to(torch.uint8)
-        return images.permute(0, 2, 3, 1).numpy(), labels.numpy()
+        return images.permute(0, 2, 3, 1).numpy(), labels.numpy(), None
 
 
 def cifar10(**kwargs) -> CIFAR10:
@@ -206,6 +277,11 @@ def cifar10(**kwargs) -> CIFAR10:
 def mnist(**kwargs) -> MNIST:
     """MNIST test/train split (28x28 grey, 10 classes)."""
     return MNIST(**kwargs)
+
+
+def svhn(**kwargs) -> SVHN:
+    """SVHN test/train/extra split (32x32 RGB, 10 classes; digit 0 is class 0)."""
+    return SVHN(**kwargs)
 
 
 def synthetic(**kwargs) -> Synthetic:
