@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -56,7 +57,7 @@ def _attributes(kind: str, obj) -> str:
 
 
 def _first_sentence(text: str, width: int = 80) -> str:
-    sentence = " ".join(text.split()).split(". ")[0]
+    sentence = re.split(r"(?<!\bal)\. ", " ".join(text.split()))[0]  # "et al. 2016" ends no sentence
     return sentence if len(sentence) <= width else sentence[: width - 3] + "..."
 
 

@@ -1,68 +1,21 @@
-"""Classifier factories registered under ``robench.models``; normalisation lives inside the model."""
+"""Weights of the target models: registered files (sha256-checked), user checkpoints, and their model cards."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from robench.archs.cifar_resnet import resnet18
-from robench.archs.resnet_akamaster import resnet_cifar
-from robench.archs.small_cnn import cifar_small_cnn, mnist_small_cnn
-from robench.archs.templates import NearestTemplate, class_templates
 from robench.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
 from robench.data import DATA_ENV, OFFLINE_ENV, data_root
-
-
-class Classifier(nn.Module):
-    """A classifier on images in [0, 1]: normalises inside, declares its input shape and classes.
-
-    Args:
-        net: the network, fed normalised images.
-        num_classes: number of logits.
-        input_shape: ``(C, H, W)`` the network expects.
-        mean, std: per-channel normalisation applied before ``net`` (None: none).
-        checkpoints: checkpoint name -> sha256 of every weight file loaded (enters cache keys).
-    """
-
-    def __init__(
-        self,
-        net: nn.Module,
-        *,
-        num_classes: int,
-        input_shape: Sequence[int],
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        checkpoints: dict[str, str] | None = None,
-    ):
-        super().__init__()
-        self.net = net
-        self.num_classes = int(num_classes)
-        self.input_shape = tuple(int(s) for s in input_shape)
-        self.checkpoints = dict(checkpoints or {})
-        channels = self.input_shape[0]
-        if (mean is None) != (std is None):
-            raise ValueError("give both mean and std, or neither")
-        self.normalised = mean is not None
-        mean_t = torch.tensor(mean if mean is not None else [0.0] * channels, dtype=torch.float32)
-        std_t = torch.tensor(std if std is not None else [1.0] * channels, dtype=torch.float32)
-        self.register_buffer("mean", mean_t.view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", std_t.view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(
-                f"{type(self.net).__name__} expects inputs shaped (B, {', '.join(map(str, self.input_shape))}); "
-                f"got {tuple(x.shape)}"
-            )
-        if self.normalised:
-            x = (x - self.mean) / self.std
-        return self.net(x)
+from robench.models.classifier import Classifier
 
 
 @dataclass(frozen=True)
@@ -108,8 +61,6 @@ MNIST_FAST_AT = {
         "fast_adversarial_mnist_fgsm.pth", "07536ed24c714dac89507d38ffc0090f110de3cd70c40d02d8d56491e187905b"
     ),
 }
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def registered_path(entry: RegisteredWeights) -> Path:
@@ -143,7 +94,7 @@ def registered_path(entry: RegisteredWeights) -> Path:
     return path
 
 
-def _state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
+def state_dict_from(obj: Any, source: str) -> dict[str, torch.Tensor]:
     """The state dict in a checkpoint: unwraps ``{'state_dict': ...}``, takes stage 0 of a cascade, strips ``module.``."""
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
@@ -154,15 +105,23 @@ def _state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _load_weights(net: nn.Module, weights: "str | Path | None", entry: RegisteredWeights) -> dict[str, str]:
-    """Load ``weights`` (unchecked) or the registered file (sha256-checked) into ``net``; returns {name: sha256}."""
+def load_weights(net: nn.Module, weights: "str | Path | None", entry: RegisteredWeights | None) -> dict[str, str]:
+    """Load ``weights`` (unchecked) or the registered file (sha256-checked) into ``net``; returns {name: sha256}.
+
+    With neither (``weights=None`` and no registered file) ``net`` keeps its fresh initialisation.
+    """
+    if weights is None and entry is None:
+        return {}
     if weights is None:
         path, expected, name = registered_path(entry), entry.sha256, entry.name
     else:
         path = Path(weights).expanduser()
         expected, name = None, path.name
     obj, digest = load_checkpoint(path, expected_sha256=expected)
-    state = _state_dict(obj, str(path))
+    state = state_dict_from(obj, str(path))
+    own_keys = net.state_dict().keys()
+    if state and all(k.startswith("net.") for k in state) and not any(k.startswith("net.") for k in own_keys):
+        state = {k[len("net."):]: v for k, v in state.items()}  # saved from the Classifier wrapper itself
     # checkpoints saved before PyTorch 0.4.1 lack BatchNorm's step counters, which evaluation never reads
     for key, value in net.state_dict().items():
         if key.endswith(".num_batches_tracked") and key not in state:
@@ -171,43 +130,36 @@ def _load_weights(net: nn.Module, weights: "str | Path | None", entry: Registere
     return {name: digest}
 
 
-def tiny(*, channels: int = 3, size: int = 32, num_classes: int = 10) -> Classifier:
-    """Nearest-template classifier over ``class_templates``: a weight-free test model (robench)."""
-    net = NearestTemplate(class_templates(num_classes, channels, size))
-    return Classifier(net.eval(), num_classes=num_classes, input_shape=(channels, size, size))
+def card_path(weights: "str | Path") -> Path:
+    """Where the model card of a checkpoint lives: ``<checkpoint stem>.json`` beside it."""
+    return Path(weights).expanduser().with_suffix(".json")
 
 
-def resnet18_standard(*, weights: "str | Path | None" = None) -> Classifier:
-    """Standard (non-robust) CIFAR-10 ResNet-18 shipped with pyautoattack (Croce & Hein 2020's example)."""
-    net = resnet18()
-    checkpoints = _load_weights(net, weights, PYAUTOATTACK_RESNET18)
-    return Classifier(net.eval(), num_classes=10, input_shape=(3, 32, 32), checkpoints=checkpoints)
+def read_card(weights: "str | Path | None") -> dict[str, Any] | None:
+    """The model card (JSON object) beside a checkpoint, or None when there is none."""
+    if weights is None or not card_path(weights).is_file():
+        return None
+    path = card_path(weights)
+    try:
+        card = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"model card {str(path)!r} is not valid JSON ({err}); fix it or move it away") from err
+    if not isinstance(card, dict):
+        raise CheckpointError(f"model card {str(path)!r} holds a {type(card).__name__}, not a JSON object")
+    return card
 
 
-def resnet20_akamaster(*, weights: "str | Path | None" = None, depth: int = 20) -> Classifier:
-    """Standard CIFAR-10 ResNet-20/32/44/56 of akamaster/pytorch_resnet_cifar10 (He et al. 2016)."""
-    net = resnet_cifar(depth)
-    checkpoints = _load_weights(net, weights, AKAMASTER[depth])
-    return Classifier(
-        net.eval(), num_classes=10, input_shape=(3, 32, 32), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        checkpoints=checkpoints,
-    )
+def weights_digest(net: nn.Module) -> str:
+    """sha256 over a module's state dict (names, dtypes, shapes, bytes): identifies weights that came without a file."""
+    digest = hashlib.sha256()
+    for name, tensor in net.state_dict().items():
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}\n".encode())
+        digest.update(memoryview(flat.view(torch.uint8).numpy()))
+    return digest.hexdigest()
 
 
-def convex_cifar_small(*, weights: "str | Path | None" = None) -> Classifier:
-    """Provably Linf-robust (eps 8/255) small CIFAR-10 CNN, cascade stage 0 (Wong et al. 2018, convex_adversarial)."""
-    net = cifar_small_cnn()
-    checkpoints = _load_weights(net, weights, CONVEX_CIFAR_SMALL)
-    return Classifier(
-        net.eval(), num_classes=10, input_shape=(3, 32, 32), mean=IMAGENET_MEAN, std=(0.225,) * 3,
-        checkpoints=checkpoints,
-    )
-
-
-def mnist_fast_at(*, weights: "str | Path | None" = None, variant: str = "pgd_madry") -> Classifier:
-    """Adversarially trained (eps 0.3) MNIST CNN of fast_adversarial (Wong, Rice & Kolter 2020): PGD or FGSM training."""
-    if variant not in MNIST_FAST_AT:
-        raise ValueError(f"mnist_fast_at variant must be one of {sorted(MNIST_FAST_AT)}, got {variant!r}")
-    net = mnist_small_cnn()
-    checkpoints = _load_weights(net, weights, MNIST_FAST_AT[variant])
-    return Classifier(net.eval(), num_classes=10, input_shape=(1, 28, 28), checkpoints=checkpoints)
+def wrap(net: nn.Module, weights: "str | Path | None", entry: RegisteredWeights | None = None, **options) -> Classifier:
+    """Load the weights into ``net`` (see :func:`load_weights`) and wrap it, with the model card beside the file."""
+    checkpoints = load_weights(net, weights, entry)
+    return Classifier(net.eval(), checkpoints=checkpoints, card=read_card(weights), **options)
