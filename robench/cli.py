@@ -48,7 +48,9 @@ def ls_command(kind):
 
 def _attributes(kind: str, obj) -> str:
     if kind == "defenses":
-        return f"stochastic={obj.stochastic} differentiable={obj.differentiable} version={obj.version}"
+        text = f"stochastic={obj.stochastic} differentiable={obj.differentiable} version={obj.version}"
+        # a learned defense that is randomly initialised unless given weights declares needs_training
+        return text + (" learned: untrained without weights=" if getattr(obj, "needs_training", False) else "")
     if kind == "attacks":
         return f"kind={obj.kind} norms={','.join(obj.norms)} version={obj.version}"
     if kind == "benchmarks":
