@@ -19,6 +19,7 @@ from robench.resolve import ConfigError
 from robench.runner import pick_device, run_grid
 from robench.spec import SpecError
 from robench.store import Store
+from robench.train.command import train_command
 
 DEFAULT_STORE = Path("results") / "robench.sqlite"
 DEFAULT_RESULTS = Path("results")
@@ -160,6 +161,8 @@ def show_command(key, store_path, examples):
             payload["examples"] = store.examples(record.key)
     click.echo(json.dumps(payload, indent=2, sort_keys=True))
 
+
+main.add_command(train_command)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,105 @@
+"""``robench train RECIPE``: a thin click front end over :mod:`robench.train.targets`."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+
+import click
+
+from robench import registry
+from robench.runner import pick_device
+from robench.spec import parse_eps, parse_spec
+from robench.threat import ThreatModel
+from robench.train.augment import AUGMENTATIONS
+from robench.train.evaluate import Evaluation
+from robench.train.loop import Runtime, TrainingError
+from robench.train.recipes import RECIPES
+from robench.train.targets import plan_training, train_target
+
+# What planning raises on bad input: TrainingError, SpecError, ConfigError, CheckpointError and the
+# hyperparameter checks are ValueErrors; unknown plugins are PluginErrors; missing data FileNotFoundErrors.
+BAD_INPUT = (ValueError, registry.PluginError, FileNotFoundError)
+
+
+def _milestones(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of epochs, e.g. 75,90") from None
+
+
+@click.command(
+    "train",
+    help=f"Train a target model with RECIPE ({', '.join(RECIPES)}; options as a spec, e.g. trades:beta=6). "
+    "Writes a state_dict checkpoint, usable as --model MODEL:weights=PATH, and a JSON model card beside it. "
+    "Rerunning the same command resumes from the last completed epoch.",
+)
+@click.argument("recipe")
+@click.option("--model", required=True, help="Model spec, e.g. resnet18 (fresh) or small-cnn.")
+@click.option("--dataset", required=True, help="Dataset spec, e.g. cifar10.")
+@click.option("--epochs", type=int, help="Epochs (default: the recipe's).")
+@click.option("--batch-size", type=int, help="Mini-batch size (default 128).")
+@click.option("--lr", type=float, help="Initial learning rate (default: the recipe's).")
+@click.option("--momentum", type=float, help="SGD momentum (default 0.9).")
+@click.option("--weight-decay", type=float, help="Weight decay (default: the recipe's).")
+@click.option("--milestones", callback=_milestones, help="Epochs from which the lr is multiplied by --gamma, e.g. 75,90.")
+@click.option("--gamma", type=float, help="Learning-rate factor at each milestone (default 0.1).")
+@click.option("--split", default="train", show_default=True, help="Split to train on.")
+@click.option("-n", "--n", "n", type=int, help="Train on the first n images of the split (all by default).")
+@click.option("--sample-seed", type=int, help="Train on a seeded random subset of n images instead.")
+@click.option("--augment", type=click.Choice(AUGMENTATIONS), help="Default: crop-flip for CIFAR, crop for SVHN.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation, shuffling, augmentation, attacks.")
+@click.option("--eval-n", type=int, default=1000, show_default=True, help="Held-out images evaluated each epoch (0: none).")
+@click.option("--eval-split", default="test", show_default=True)
+@click.option("--eval-attack", default="pgd:steps=20", show_default=True, help="Attack spec of the robust accuracy.")
+@click.option("--eval-eps", default="8/255", show_default=True, help="Linf budget of the evaluation.")
+@click.option("--eval-batch-size", type=int, default=128, show_default=True)
+@click.option("--output", type=click.Path(), help="Checkpoint path (default checkpoints/<model>-<recipe>-<dataset>.pt).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@click.option("--autocast", type=click.Choice(["auto", "bf16", "off"]), default="auto", show_default=True,
+              help="bf16 autocast; auto: on for CUDA, off on CPU.")
+@click.option("--channels-last", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="channels_last memory format; auto: on for CUDA, off on CPU.")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Folder with the datasets (or set ROBENCH_DATA).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def train_command(recipe, model, dataset, epochs, batch_size, lr, momentum, weight_decay, milestones, gamma, split, n,
+                  sample_seed, augment, seed, eval_n, eval_split, eval_attack, eval_eps, eval_batch_size, output,
+                  device, autocast, channels_last, data_root, progress):
+    if data_root:
+        os.environ["ROBENCH_DATA"] = data_root
+    try:
+        torch_device = pick_device(device)
+        cuda = torch_device.type == "cuda"
+        runtime = Runtime(
+            device=torch_device,
+            autocast={"auto": "bf16" if cuda else None, "bf16": "bf16", "off": None}[autocast],
+            channels_last={"auto": cuda, "on": True, "off": False}[channels_last],
+            progress=progress,
+        )
+        evaluation = Evaluation(n=eval_n, split=eval_split, attack=parse_spec(eval_attack),
+                                threat=ThreatModel("Linf", parse_eps(eval_eps)), batch_size=eval_batch_size)
+        plan = plan_training(
+            recipe, model=model, dataset=dataset, output=output, split=split, n=n, sample_seed=sample_seed,
+            seed=seed, augment=augment, evaluation=evaluation, epochs=epochs, batch_size=batch_size, lr=lr,
+            momentum=momentum, weight_decay=weight_decay, milestones=milestones, gamma=gamma,
+        )
+    except BAD_INPUT as err:
+        raise click.UsageError(str(err)) from None
+    try:
+        card = train_target(plan, runtime=runtime, command="robench " + shlex.join(sys.argv[1:]))
+    except TrainingError as err:
+        raise click.ClickException(str(err)) from None
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted; completed epochs are kept in {plan.resume_path}: rerun the same command to resume",
+                   err=True)
+        sys.exit(130)
+    click.echo(f"checkpoint {plan.output} (sha256 {card['checkpoint']['sha256'][:16]}...), card {plan.card_path}")
+    if card["evaluation"] is not None:
+        ev = card["evaluation"]
+        click.echo(f"{ev['split']} n={ev['n']}: clean {ev['clean_acc']:.4f}, {ev['attack']} at {ev['threat']}: "
+                   f"robust {ev['robust_acc']:.4f}")
+    click.echo(f"use it as --model {shlex.quote(card['model'])}")

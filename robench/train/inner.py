@@ -1,0 +1,69 @@
+"""Inner maximisation of adversarial training: Linf PGD on a loss of the logits, seeded by a generator.
+
+These are training losses, not benchmark attacks, and they follow the recipes' reference code
+(specs Part B) rather than torchattacks: torchattacks draws random starts from the global RNG
+(a resumed run could not replay them from the loop's generator) and has no autocast; its
+KL attack ``TPGD`` clamps the ``x + 0.001 N(0, I)`` start into [0, 1], which TRADES' and MART's
+reference code does not; and it has no PGD with that Gaussian start for MART.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from robench.threat import ThreatModel
+
+STARTS = ("uniform", "normal")
+# TRADES' and MART's reference code starts at x + 0.001 * N(0, I) (yaodongyu/TRADES, YisenWang/MART).
+NORMAL_START_STD = 0.001
+
+
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """Put ``module`` in eval mode for the block, then restore every submodule's own mode."""
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def perturb(
+    model: nn.Module,
+    x: torch.Tensor,
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    threat: ThreatModel,
+    *,
+    step_size: float,
+    steps: int,
+    start: str,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Ascend ``objective(model(x'))`` by signed-gradient steps inside ``threat`` around ``x`` (Madry et al. 2018).
+
+    ``x`` (B, C, H, W) in [0, 1]; ``objective`` maps logits (B, K) to a scalar. ``start``:
+    ``uniform`` in the eps-ball, clamped to the bounds (Madry et al.; torchattacks' PGD), or
+    ``normal``: ``x + 0.001 N(0, I)``, unclamped (TRADES, MART). Every step is projected onto
+    the ball and the bounds. The model's mode is the caller's choice. Returns x' detached.
+    """
+    if threat.norm != "Linf":
+        raise ValueError(f"training attacks take signed steps, so they need an Linf threat model, not {threat.norm}")
+    if start not in STARTS:
+        raise ValueError(f"unknown start {start!r}; choose one of {', '.join(STARTS)}")
+    x = x.detach()
+    if start == "uniform":
+        noise = torch.empty_like(x).uniform_(-threat.eps, threat.eps, generator=generator)
+        x_adv = (x + noise).clamp(*threat.bounds)
+    else:
+        x_adv = x + NORMAL_START_STD * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(objective(model(x_adv)), x_adv)
+        x_adv = threat.project(x_adv.detach() + step_size * grad.sign(), x)
+    return x_adv.detach()

@@ -1,0 +1,284 @@
+"""The shared training loop: seeded epochs of SGD on any module with any per-batch loss, resumable.
+
+A caller (a target-model recipe, a learned defense's trainer) hands :func:`fit` the module whose
+parameters train, a ``step`` function computing one mini-batch's loss, the training tensors and
+an optional ``evaluate`` hook run after every epoch. :func:`fit` owns everything else: shuffling
+and augmentation from one ``torch.Generator``, SGD with momentum and a multi-step learning rate,
+bf16 autocast and channels_last, a progress bar, and a resume file written atomically after
+every epoch so that rerunning the same command continues from the last completed epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from robench.train.augment import augment as apply_augmentation
+from robench.train.files import save_torch
+
+RESUME_FORMAT = 1
+AUTOCAST = {None: None, "bf16": torch.bfloat16}
+
+
+class TrainingError(ValueError):
+    """A training run that cannot start or go on as configured; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """SGD with momentum over ``epochs``; the learning rate is multiplied by ``gamma`` from each milestone on.
+
+    ``milestones`` are 1-based epochs, as in the reference scripts' ``if epoch >= 75: lr *= 0.1``
+    (TRADES, MART): with ``(75, 90)`` epochs 1-74 use ``lr``, 75-89 ``lr * gamma``, 90 on ``lr * gamma**2``.
+    """
+
+    epochs: int
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    milestones: tuple[int, ...] = (75, 90)
+    gamma: float = 0.1
+
+    def __post_init__(self):
+        object.__setattr__(self, "milestones", tuple(self.milestones))
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise TrainingError(f"{name} must be a positive integer, got {value!r}")
+        checks = {
+            "lr": self.lr > 0, "momentum": 0 <= self.momentum < 1, "weight_decay": self.weight_decay >= 0,
+            "gamma": 0 < self.gamma <= 1,
+        }
+        for name, ok in checks.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok:
+                raise TrainingError(f"{name}={value!r} is out of range (lr > 0, 0 <= momentum < 1, "
+                                    "weight_decay >= 0, 0 < gamma <= 1)")
+        ms = self.milestones
+        if any(not isinstance(m, int) or isinstance(m, bool) or m < 1 for m in ms) or list(ms) != sorted(set(ms)):
+            raise TrainingError(f"milestones must be increasing positive epoch numbers, got {list(ms)}")
+
+    def with_overrides(self, **overrides: Any) -> "Schedule":
+        """A copy with the given fields replaced; None values keep the default."""
+        unknown = set(overrides) - {f.name for f in fields(self)}
+        if unknown:
+            raise TrainingError(f"unknown schedule fields {sorted(unknown)}")
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "milestones": list(self.milestones)}
+
+
+class StepResult(NamedTuple):
+    """One mini-batch: the scalar ``loss`` to minimise and, optionally, ``logits`` (B, K) for the accuracy shown."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor | None = None
+
+
+Step = Callable[[torch.Tensor, torch.Tensor, torch.Generator], StepResult]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the loop computes: device, bf16 autocast (None or ``"bf16"``), channels_last, progress bar."""
+
+    device: torch.device = torch.device("cpu")
+    autocast: str | None = None
+    channels_last: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.autocast not in AUTOCAST:
+            raise TrainingError(f"autocast must be None or 'bf16', got {self.autocast!r}")
+
+
+def fit(
+    module: nn.Module,
+    step: Step,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    schedule: Schedule,
+    seed: int,
+    resume_path: "str | Path",
+    config: dict,
+    augment: str = "none",
+    evaluate: Callable[[], dict] | None = None,
+    runtime: Runtime = Runtime(),
+) -> list[dict]:
+    """Train ``module``'s parameters with SGD on ``step``'s loss; returns the per-epoch history (robench).
+
+    Args:
+        module: what trains and what the resume file holds (its trainable parameters are optimised).
+        step: ``step(x_batch, y_batch, generator) -> StepResult``, called with ``module`` in train mode
+            and under autocast when enabled; it may switch modes itself (e.g. attack in eval mode).
+        x, y: training images (N, C, H, W) in [0, 1] and labels (N,) (or any per-example targets).
+        schedule: optimiser and learning-rate schedule.
+        seed: seeds the generator for shuffling, augmentation and the step's randomness, and the
+            global RNG inside the run (which is restored afterwards): same seed, same weights on CPU.
+        resume_path: the resume file, written atomically after every epoch and read on start.
+        config: JSON description of everything that determines the weights except ``epochs``;
+            a resume file written under a different config is refused.
+        augment: one of ``augment.AUGMENTATIONS``, applied to each batch before ``step``.
+        evaluate: called after every epoch with ``module`` in eval mode; its dict joins the history.
+        runtime: device, autocast, channels_last, progress bar.
+    """
+    device = runtime.device
+    resume_path = Path(resume_path)
+    module.to(device)
+    if runtime.channels_last:
+        module.to(memory_format=torch.channels_last)
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError(f"{type(module).__name__} has no trainable parameters")
+    optimizer = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum,
+                                weight_decay=schedule.weight_decay)
+    # MultiStepLR counts completed epochs from 0, so "from 1-based epoch m on" is its milestone m - 1.
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=[m - 1 for m in schedule.milestones], gamma=schedule.gamma
+    )
+    generator = torch.Generator(device=device).manual_seed(seed)
+    x, y = x.to(device), y.to(device)
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        history = _resume(resume_path, config, schedule, module, optimizer, scheduler, generator, device)
+        for epoch in range(len(history) + 1, schedule.epochs + 1):
+            began = time.perf_counter()
+            record = _train_epoch(module, step, x, y, optimizer, generator, schedule, epoch, augment, runtime)
+            scheduler.step()
+            if evaluate is not None:
+                module.eval()
+                record.update(evaluate())
+            record["seconds"] = round(time.perf_counter() - began, 3)
+            history.append(record)
+            _save_resume(resume_path, config, history, module, optimizer, scheduler, generator, device)
+            if runtime.progress:
+                tqdm.write(_summary(record, schedule.epochs))
+    module.eval()
+    return history
+
+
+def _train_epoch(module, step, x, y, optimizer, generator, schedule, epoch, augment, runtime) -> dict:
+    module.train()
+    order = torch.randperm(len(x), generator=generator, device=x.device)
+    # A last batch of one image is dropped: BatchNorm cannot normalise a single example in training.
+    batches = [order[i : i + schedule.batch_size] for i in range(0, len(x), schedule.batch_size)]
+    batches = [b for b in batches if len(b) > 1] or batches
+    dtype = AUTOCAST[runtime.autocast]
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device)
+    seen = scored = 0
+    bar = tqdm(batches, desc=f"epoch {epoch}/{schedule.epochs}", leave=False, disable=not runtime.progress)
+    for index, batch in enumerate(bar):
+        xb = apply_augmentation(x[batch], augment, generator)
+        yb = y[batch]
+        if runtime.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext():
+            result = step(xb, yb, generator)
+        loss = result.loss.float()
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"the loss became {loss.item()} at epoch {epoch}, batch {index + 1}; training diverged "
+                f"(lower the learning rate, now {optimizer.param_groups[0]['lr']:g})"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(batch)
+        seen += len(batch)
+        if result.logits is not None:
+            correct += (result.logits.detach().argmax(dim=1) == yb).sum()
+            scored += len(batch)
+        if runtime.progress:
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}",
+                            acc=f"{correct.item() / scored:.3f}" if scored else "-")
+    return {
+        "epoch": epoch,
+        "lr": optimizer.param_groups[0]["lr"],
+        "train_loss": loss_sum.item() / seen,
+        "train_acc": correct.item() / scored if scored else None,
+    }
+
+
+def _summary(record: dict, epochs: int) -> str:
+    parts = [f"epoch {record['epoch']}/{epochs}", f"lr {record['lr']:g}", f"loss {record['train_loss']:.4f}"]
+    parts += [f"{key} {value:.4f}" for key, value in record.items()
+              if key not in ("epoch", "lr", "train_loss", "seconds") and isinstance(value, float)]
+    return "  ".join(parts + [f"{record['seconds']:.1f} s"])
+
+
+def _rng_states(generator: torch.Generator, device: torch.device) -> dict:
+    states = {"generator": generator.get_state(), "cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _save_resume(path, config, history, module, optimizer, scheduler, generator, device) -> None:
+    save_torch(
+        {
+            "format": RESUME_FORMAT,
+            "config": config,
+            "history": history,
+            "module": module.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_states(generator, device),
+        },
+        path,
+    )
+
+
+def _resume(path: Path, config, schedule, module, optimizer, scheduler, generator, device) -> list[dict]:
+    """Load the resume file into the run's objects and return its history; ``[]`` when there is none."""
+    if not path.is_file():
+        return []
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say which and what to do
+        raise TrainingError(f"resume file {path} cannot be read ({err}); delete it to start over") from err
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+        raise TrainingError(f"{path} is not a robench resume file (format {RESUME_FORMAT}); delete it or move it away")
+    differences = _differences(state["config"], config)
+    if differences:
+        raise TrainingError(
+            f"resume file {path} belongs to a different training run ({'; '.join(differences[:5])}); "
+            "rerun with the same options to resume it, or delete it / choose another output to start over"
+        )
+    history = state["history"]
+    if len(history) > schedule.epochs:
+        raise TrainingError(
+            f"resume file {path} already holds {len(history)} epochs, more than the {schedule.epochs} asked for; "
+            f"ask for at least {len(history)} epochs, or delete it to start over"
+        )
+    module.load_state_dict(state["module"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["rng"]["generator"].cpu())
+    torch.set_rng_state(state["rng"]["cpu"].cpu())
+    if "cuda" in state["rng"] and device.type == "cuda":
+        torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
+    return list(history)
+
+
+def _differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
+    found = []
+    for key in sorted(set(saved) | set(wanted)):
+        a, b = saved.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}: {a!r} in the file, {b!r} now")
+    return found

@@ -1,0 +1,229 @@
+"""``robench train RECIPE``: build and check a target-model training run, train it, write checkpoint and card.
+
+:func:`plan_training` builds the recipe, model and data and checks that they fit before any
+epoch runs; :func:`train_target` trains with the shared loop (:func:`robench.train.loop.fit`),
+saves the network's ``state_dict`` at the output path, checks that the model factory loads it
+back as ``MODEL:weights=PATH``, and writes the model card beside it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from robench import registry
+from robench.checkpoint import CheckpointError, sha256_of
+from robench.data import Examples
+from robench.runner import environment
+from robench.spec import Spec, parse_spec
+from robench.train.augment import AUGMENTATIONS, default_augmentation
+from robench.train.card import model_card
+from robench.train.evaluate import Evaluation, robust_accuracy
+from robench.train.files import save_json, save_torch
+from robench.train.loop import Runtime, Schedule, TrainingError, fit
+from robench.train.recipes import Recipe, build_recipe
+
+CHECKPOINT_DIR = Path("checkpoints")
+
+
+@dataclass
+class TrainingPlan:
+    """A checked training run: recipe, model (built), data (loaded), schedule and outputs."""
+
+    recipe: Recipe
+    model_spec: Spec
+    dataset_spec: Spec
+    model: nn.Module
+    train: Examples
+    held_out: Examples | None
+    split: str
+    sample_seed: int | None
+    schedule: Schedule
+    augment: str
+    seed: int
+    evaluation: Evaluation
+    output: Path
+
+    @property
+    def card_path(self) -> Path:
+        """The model card: ``<output stem>.json`` beside the checkpoint, where the model factories look."""
+        return self.output.with_suffix(".json")
+
+    @property
+    def resume_path(self) -> Path:
+        return self.output.with_suffix(".resume.pt")
+
+    def config(self, runtime: Runtime) -> dict:
+        """Everything that determines the weights except the number of epochs (the resume file's identity)."""
+        return {
+            "recipe": str(self.recipe.spec),
+            "model": str(self.model_spec),
+            "data": {"dataset": str(self.dataset_spec), "split": self.split, "n": len(self.train),
+                     "sample_seed": self.sample_seed, "fingerprint": self.train.fingerprint()},
+            "schedule": {k: v for k, v in self.schedule.to_json().items() if k != "epochs"},
+            "augment": self.augment,
+            "seed": self.seed,
+            "autocast": runtime.autocast,
+            "channels_last": runtime.channels_last,
+        }
+
+
+def plan_training(
+    recipe: "str | Spec",
+    *,
+    model: "str | Spec",
+    dataset: "str | Spec",
+    output: "str | Path | None" = None,
+    split: str = "train",
+    n: int | None = None,
+    sample_seed: int | None = None,
+    seed: int = 0,
+    augment: str | None = None,
+    evaluation: Evaluation = Evaluation(),
+    **schedule: object,
+) -> TrainingPlan:
+    """Build and check a run of ``recipe`` on ``model`` and ``dataset``; every bad input fails here (robench).
+
+    Args:
+        recipe: recipe spec, e.g. ``at`` or ``trades:beta=6`` (see ``recipes.RECIPES``).
+        model: model spec; the factory must take ``weights=`` (``weights=None``: fresh initialisation).
+        dataset: dataset spec; ``split`` is trained on, ``evaluation.split`` is held out.
+        output: checkpoint path (default ``checkpoints/<model>-<recipe>-<dataset>.pt``).
+        n, sample_seed: the training subset (all of the split, the first n, or a seeded sample).
+        seed: seeds initialisation, shuffling, augmentation and the inner attacks.
+        augment: ``crop-flip``, ``crop`` or ``none`` (default by dataset: CIFAR crop-flip, SVHN crop).
+        evaluation: the per-epoch held-out measurement.
+        schedule: overrides of the recipe's :class:`Schedule` (epochs, batch_size, lr, ...); None keeps it.
+    """
+    recipe = build_recipe(recipe)
+    plan_schedule = recipe.schedule.with_overrides(**schedule)
+    model_spec, dataset_spec = _spec(model, "model"), _spec(dataset, "dataset")
+    _check_factory_takes_weights(model_spec)
+    output = Path(output) if output else CHECKPOINT_DIR / f"{model_spec.name}-{recipe.name}-{dataset_spec.name}.pt"
+    _check_writable(output)
+    augment = augment or default_augmentation(dataset_spec.name)
+    if augment not in AUGMENTATIONS:
+        raise TrainingError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    data = _build("datasets", dataset_spec)
+    train = _load(data, dataset_spec, split, n, sample_seed)
+    held_out = None
+    if evaluation.n:
+        held_out = _load(data, dataset_spec, evaluation.split, evaluation.n, None)
+        _build("attacks", evaluation.attack)
+    with torch.random.fork_rng():  # a fresh network's initialisation is part of the seeded run
+        torch.manual_seed(seed)
+        net = _build("models", model_spec)
+    _check_fits(net, model_spec, data, dataset_spec)
+    return TrainingPlan(recipe, model_spec, dataset_spec, net, train, held_out, split, sample_seed,
+                        plan_schedule, augment, seed, evaluation, output)
+
+
+def train_target(plan: TrainingPlan, *, runtime: Runtime = Runtime(), command: str = "") -> dict:
+    """Train ``plan`` (resuming its resume file), write the checkpoint and model card; returns the card."""
+    began = time.perf_counter()
+    evaluate = None
+    if plan.held_out is not None:
+        def evaluate() -> dict:
+            return robust_accuracy(plan.model, plan.held_out, plan.evaluation, runtime.device)
+    history = fit(
+        plan.model,
+        lambda x, y, generator: plan.recipe.loss(plan.model, x, y, generator),
+        plan.train.x, plan.train.y,
+        schedule=plan.schedule, seed=plan.seed, resume_path=plan.resume_path, config=plan.config(runtime),
+        augment=plan.augment, evaluate=evaluate, runtime=runtime,
+    )
+    network = _network(plan.model)
+    save_torch({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, plan.output)
+    sha256 = sha256_of(plan.output)
+    usable = Spec.of(plan.model_spec.name, **{**plan.model_spec.options, "weights": str(plan.output)})
+    _check_reloads(usable, network)
+    card = model_card(plan, history=history, sha256=sha256, usable=usable, runtime=runtime,
+                      environment=environment(runtime.device), wall_s=time.perf_counter() - began, command=command)
+    save_json(card, plan.card_path)
+    return card
+
+
+def _spec(text: "str | Spec", what: str) -> Spec:
+    try:
+        return parse_spec(text)
+    except ValueError as err:
+        raise TrainingError(f"{what}: {err}") from None
+
+
+def _build(kind: str, spec: Spec):
+    try:
+        return registry.build(kind, spec)
+    except (registry.PluginError, ValueError, OSError) as err:
+        raise TrainingError(f"{kind[:-1]} {str(spec)!r}: {err}") from None
+
+
+def _check_factory_takes_weights(spec: Spec) -> None:
+    """A trained checkpoint is only usable if the model factory can load it back as ``weights=PATH``."""
+    try:
+        factory = registry.load("models", spec.name)
+    except registry.PluginError as err:
+        raise TrainingError(str(err)) from None
+    parameters = inspect.signature(factory).parameters
+    if "weights" not in parameters and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        raise TrainingError(
+            f"model {spec.name!r} takes no weights= option, so the trained checkpoint could not be loaded back; "
+            "train a model whose factory takes weights= (e.g. resnet18, small-cnn)"
+        )
+
+
+def _check_writable(output: Path) -> None:
+    """Fail now, not after the first epoch, when the output folder cannot be created or written."""
+    if output.is_dir():
+        raise TrainingError(f"--output {output} is a folder; give a file path such as {output / 'model.pt'}")
+    folder = output.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".robench-write-test-"):
+            pass
+    except OSError as err:
+        raise TrainingError(
+            f"cannot write the checkpoint to {folder}{os.sep} ({err.strerror or err}); choose another --output"
+        ) from None
+
+
+def _load(data, spec: Spec, split: str, n: int | None, sample_seed: int | None) -> Examples:
+    if split not in data.splits:
+        raise TrainingError(f"dataset {str(spec)!r} has splits {', '.join(data.splits)}, not {split!r}")
+    try:
+        return data.load(split=split, n=n, seed=sample_seed)
+    except (ValueError, OSError) as err:
+        raise TrainingError(f"dataset {str(spec)!r}, {split} split: {err}") from None
+
+
+def _check_fits(model: nn.Module, model_spec: Spec, data, dataset_spec: Spec) -> None:
+    shape = tuple(getattr(model, "input_shape", data.image_shape))
+    if shape != tuple(data.image_shape):
+        raise TrainingError(
+            f"model {str(model_spec)!r} takes inputs shaped {shape}, but {str(dataset_spec)!r} images are "
+            f"{tuple(data.image_shape)}; pick a model for this dataset"
+        )
+    classes = getattr(model, "num_classes", data.num_classes)
+    if classes != data.num_classes:
+        raise TrainingError(
+            f"model {str(model_spec)!r} has {classes} classes, {str(dataset_spec)!r} has {data.num_classes}"
+        )
+
+
+def _network(model: nn.Module) -> nn.Module:
+    """The module a factory's ``weights=`` loads into: the wrapped network of robench's classifiers."""
+    return getattr(model, "net", model)
+
+
+def _check_reloads(usable: Spec, network: nn.Module) -> None:
+    """Build ``usable`` through the registry and check it holds exactly the trained weights."""
+    reloaded = _network(registry.build("models", usable)).state_dict()
+    trained = network.state_dict()
+    if reloaded.keys() != trained.keys() or any(not torch.equal(reloaded[k].cpu(), trained[k].cpu()) for k in trained):
+        raise CheckpointError(f"{usable} does not load the trained weights back; the model factory ignores them")
