@@ -50,7 +50,7 @@ def _create(timm_name: str, pretrained: bool):
     if not timm.is_model(arch):
         close = difflib.get_close_matches(arch, timm.list_models(), n=5)
         raise ValueError(f"timm {timm.__version__} has no model {arch!r}; close matches: {close}")
-    if "." in timm_name and timm.models.get_pretrained_cfg(timm_name) is None:
+    if "." in timm_name and timm_name not in timm.list_pretrained(arch + ".*"):
         raise ValueError(f"timm has no weights {timm_name!r}; {arch} has: {timm.list_pretrained(arch + '.*')}")
     try:
         return timm.create_model(timm_name, pretrained=pretrained)

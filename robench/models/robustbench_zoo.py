@@ -6,6 +6,7 @@ version and downloads weights from Google Drive or the Hugging Face hub on first
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from robench.checkpoint import CheckpointError, sha256_of
@@ -35,19 +36,30 @@ def robustbench(
     try:
         from robustbench.utils import load_model
     except ImportError as err:
+        if err.name == "robustbench":
+            raise ImportError(
+                f"the robustbench model {name!r} needs the robustbench package, which is not installed: "
+                "pip install robustbench"
+            ) from err
         raise ImportError(
-            f"the robustbench model {name!r} needs the robustbench package, which is not installed: "
-            f"pip install robustbench ({err})"
+            f"robustbench is installed but does not import: {err}; install what it misses (its releases also "
+            "import the AutoAttack code as 'autoattack', from pip install git+https://github.com/fra31/auto-attack)"
         ) from err
     folder = Path(model_dir).expanduser() if model_dir else data_root() / "robustbench"
     try:
         # robustbench reads the file itself with torch.load, whose default is weights_only=True since torch 2.6
         net = load_model(name, model_dir=str(folder), dataset=dataset, threat_model=threat_model)
     except Exception as err:  # unknown names, network and file errors come in many types
+        known = _zoo_names(dataset, threat_model)
+        if isinstance(err, KeyError) and known is not None and name not in known:
+            raise ValueError(
+                f"robustbench has no {dataset} {threat_model} model {name!r}; close matches: "
+                f"{difflib.get_close_matches(name, known, n=5)} (the names of the robustbench.github.io leaderboards)"
+            ) from err
         raise CheckpointError(
-            f"robustbench could not load {name!r} ({dataset}, {threat_model}): {err!r}. Check the name on "
-            f"robustbench.github.io; weights are downloaded into {folder} on first use, so without network access "
-            f"put {folder / dataset / threat_model / (name + '.pt')} there"
+            f"robustbench could not load {name!r} ({dataset}, {threat_model}): {err!r}. It downloads the weights "
+            f"into {folder} on first use; without network access put "
+            f"{folder / dataset / threat_model / (name + '.pt')} there"
         ) from err
     num_classes, shape = DATASETS[dataset]
     file = folder / dataset / threat_model / f"{name}.pt"
@@ -56,3 +68,14 @@ def robustbench(
         net.eval(), num_classes=num_classes, input_shape=shape,
         checkpoints={f"robustbench/{dataset}/{threat_model}/{name}": digest},
     )
+
+
+def _zoo_names(dataset: str, threat_model: str) -> list[str] | None:
+    """The zoo's model names for a dataset and threat model, or None when this robustbench keeps them elsewhere."""
+    try:
+        from robustbench.model_zoo import model_dicts
+        from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+        return list(model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat_model)])
+    except Exception:  # an unexpected layout of robustbench's internals only loses the suggestions
+        return None
