@@ -1,4 +1,4 @@
-"""The ``robench`` command line: ls, run, leaderboard, show."""
+"""The ``robench`` command line: ls, run, leaderboard, report, show."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import click
 from tabulate import tabulate
 
 from robench import registry
-from robench.grid import expand, load_benchmark
+from robench.grid import Benchmark, expand, load_benchmark
+from robench.paper import PaperReportError, paper_folder, write_paper_report
 from robench.report import leaderboard, render_markdown, write_leaderboard
 from robench.resolve import ConfigError
 from robench.runner import pick_device, run_grid
@@ -103,22 +104,23 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
     try:
         if benchmark:
             grid = load_benchmark(benchmark, {**scalars, **{k: v for k, v in axes.items() if v}})
-            title, cells = grid.name, grid.cells
-        else:
+        else:  # an ad-hoc grid declares nothing that may be missing: every unknown name is an error
             title = name or "adhoc"
-            cells = expand({**{k: v for k, v in axes.items() if v}, "name": title}, scalars, where="command line")
+            grid = Benchmark(title, "", expand({**{k: v for k, v in axes.items() if v}, "name": title}, scalars,
+                                               where="command line"))
+        title = grid.name  # a benchmark file may name itself
         torch_device = pick_device(device)
         with Store(store_path) as store:
             command = "robench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-            result = run_grid(list(cells), store, benchmark=title, device=torch_device, command=command,
-                              progress=progress)
+            result = run_grid(list(grid.cells), store, benchmark=title, device=torch_device, command=command,
+                              progress=progress, labels=grid.labels, expected=grid.expected)
             csv_path, md_path = write_leaderboard(store, title, results_dir)
             frame = leaderboard(store, title)
     except USAGE_ERRORS as err:
         raise click.UsageError(str(err)) from None
     click.echo(render_markdown(frame, title=title, commands=[]))
     click.echo(f"{len(result.computed)} cells computed, {len(result.cached)} found in the store, "
-               f"{len(result.failed)} failed. Leaderboard: {csv_path}, {md_path}")
+               f"{len(result.failed)} failed, {len(result.missing)} missing. Leaderboard: {csv_path}, {md_path}")
     for key, message in result.failed.items():
         click.echo(f"FAILED {key[:12]}: {message}", err=True)
     if not result.ok:
@@ -141,6 +143,28 @@ def leaderboard_command(benchmarks, store_path, results_dir):
         for name in names:
             csv_path, md_path = write_leaderboard(store, name, results_dir)
             click.echo(f"{name}: {csv_path}, {md_path}")
+
+
+@main.command("report")
+@click.argument("paper")
+@click.option("--benchmark", "benchmarks", multiple=True,
+              help="Use only this benchmark's cells (repeatable; default: every stored benchmark labelled for PAPER).")
+@click.option("--store", "store_path", type=click.Path(dir_okay=False), default=str(DEFAULT_STORE), show_default=True)
+@click.option("--results", "results_dir", type=click.Path(file_okay=False), default=str(DEFAULT_RESULTS), show_default=True)
+@click.option("--paper-dir", type=click.Path(file_okay=False, exists=True),
+              help="Folder of the paper's table CSVs (default: the copy shipped with PAPER's benchmarks).")
+def report_command(paper, benchmarks, store_path, results_dir, paper_dir):
+    """Write PAPER's tables (e.g. dir2023) in the paper's layout, robench's numbers beside the paper's."""
+    if not Path(store_path).is_file():
+        raise click.UsageError(f"no store at {store_path}; run the {paper} benchmarks first or pass --store PATH")
+    try:
+        folder = Path(paper_dir) if paper_dir else paper_folder(paper)
+        with Store(store_path) as store:
+            paths = write_paper_report(store, folder, Path(results_dir) / paper, list(benchmarks) or None)
+    except PaperReportError as err:
+        raise click.UsageError(str(err)) from None
+    for path in paths:
+        click.echo(str(path))
 
 
 @main.command("show")

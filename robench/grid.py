@@ -12,19 +12,25 @@ the top-level values, for tables whose parts use different settings::
     settings: [oblivious, adaptive]
     norm: Linf
     eps: [8/255]
+
+A benchmark that reproduces a paper may also declare ``pending`` plugins and ``checkpoints``
+(path -> how to produce it) whose absence makes a cell *missing* rather than an error
+(:mod:`robench.missing`), and give blocks ``paper`` labels (:mod:`robench.labels`).
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
 from robench import registry
 from robench.cell import Cell
+from robench.labels import Labeller
+from robench.missing import Expected
 from robench.spec import SpecError, parse_eps, parse_spec
 from robench.threat import ThreatModel
 
@@ -34,7 +40,7 @@ SCALARS = {
     "eot": int, "batch_size": int, "norm": str, "sources": list, "attack_defense": (str, type(None)),
     "restore_from": (str, type(None)),
 }
-META = ("name", "description", "grids", "paper")
+META = ("name", "description", "grids", "paper", "pending", "checkpoints")
 DEFAULTS = {"settings": ["adaptive"], "split": "test", "n": 64, "sample_seed": None, "seed": 0, "draws": 10, "eot": 10,
             "batch_size": 64, "norm": "Linf", "sources": [], "attack_defense": None,
             "restore_from": None}
@@ -42,11 +48,13 @@ DEFAULTS = {"settings": ["adaptive"], "split": "test", "n": 64, "sample_seed": N
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A named grid and the cells it expands to."""
+    """A named grid, the cells it expands to, their paper labels, and what it declares may be missing."""
 
     name: str
     description: str
     cells: tuple[Cell, ...]
+    labels: Mapping[Cell, tuple[dict, ...]] = field(default_factory=dict)
+    expected: Expected = field(default_factory=Expected)
 
 
 def load_benchmark(name_or_path: str, overrides: dict[str, Any] | None = None) -> Benchmark:
@@ -62,24 +70,41 @@ def load_benchmark(name_or_path: str, overrides: dict[str, Any] | None = None) -
     if not isinstance(data, dict):
         raise SpecError(f"grid file {path.name} must be a mapping of axes and values")
     name = data.get("name", path.stem)
-    return Benchmark(name, data.get("description", ""), expand(data, overrides or {}, where=path.name))
+    cells, labels = expand_labelled(data, overrides or {}, where=path.name)
+    return Benchmark(name, data.get("description", ""), cells, labels, Expected.from_grid(data, where=path.name))
 
 
 def expand(data: dict, overrides: dict[str, Any], *, where: str = "grid") -> tuple[Cell, ...]:
     """Expand a grid mapping (with optional ``grids:`` blocks) into cells."""
+    return expand_labelled(data, overrides, where=where)[0]
+
+
+def expand_labelled(
+    data: dict, overrides: dict[str, Any], *, where: str = "grid"
+) -> tuple[tuple[Cell, ...], dict[Cell, tuple[dict, ...]]]:
+    """Expand a grid mapping into cells and their paper labels (dropped when an axis is overridden)."""
     unknown = set(data) - set(AXES) - set(SCALARS) - set(META)
     if unknown:
-        raise SpecError(f"{where}: unknown keys {sorted(unknown)}; allowed: {', '.join([*AXES, *SCALARS])}")
+        raise SpecError(f"{where}: unknown keys {sorted(unknown)}; allowed: {', '.join([*AXES, *SCALARS, *META])}")
     base = {k: v for k, v in data.items() if k != "grids"}
     blocks = data.get("grids") or [{}]
-    cells: list[Cell] = []
+    given = {k: v for k, v in overrides.items() if v is not None}
+    labels: dict[Cell, list[dict]] = {}
     for i, block in enumerate(blocks):
-        merged = {**DEFAULTS, **base, **block, **{k: v for k, v in overrides.items() if v is not None}}
-        cells += _expand_block(merged, where=f"{where}" + (f", grids[{i}]" if "grids" in data else ""))
-    return tuple(dict.fromkeys(cells))
+        here = f"{where}" + (f", grids[{i}]" if "grids" in data else "")
+        if not isinstance(block, dict) or set(block) - {*AXES, *SCALARS, "paper"}:
+            raise SpecError(f"{here}: a block may set {', '.join([*AXES, *SCALARS, 'paper'])}; got {block!r}")
+        merged = {**DEFAULTS, **base, **block, **given}
+        if set(given) & set(AXES):
+            merged["paper"] = None
+        for cell, label in _expand_block(merged, where=here):
+            found = labels.setdefault(cell, [])
+            if label is not None and label not in found:
+                found.append(label)
+    return tuple(labels), {cell: tuple(found) for cell, found in labels.items() if found}
 
 
-def _expand_block(block: dict, *, where: str) -> list[Cell]:
+def _expand_block(block: dict, *, where: str) -> list[tuple[Cell, dict | None]]:
     missing = [axis for axis in ("dataset", *AXES) if not block.get(axis)]
     if missing:
         raise SpecError(f"{where}: missing {', '.join(missing)}")
@@ -88,12 +113,13 @@ def _expand_block(block: dict, *, where: str) -> list[Cell]:
             raise SpecError(f"{where}: {key} = {block[key]!r} has the wrong type")
     axes = {axis: block[axis] if isinstance(block[axis], list) else [block[axis]] for axis in AXES}
     threats = [ThreatModel(block["norm"], parse_eps(str(e), norm=block["norm"])) for e in axes["eps"]]
+    labeller = Labeller(block["paper"], axes, norm=block["norm"], where=where) if block.get("paper") else None
     cells = []
-    for model, defense, attack, setting, threat in itertools.product(
-        axes["models"], axes["defenses"], axes["attacks"], axes["settings"], threats
-    ):
+    for index in itertools.product(*(range(len(axes[axis])) for axis in AXES)):
+        model, defense, attack, setting, _ = (axes[axis][i] for axis, i in zip(AXES, index))
+        threat = threats[index[-1]]
         transfers = setting in ("transfer", "surrogate-defense")
-        cells.append(
+        cells.append((
             Cell(
                 dataset=parse_spec(block["dataset"]), split=block["split"], n=block["n"],
                 sample_seed=block["sample_seed"], model=parse_spec(model), defense=parse_spec(defense),
@@ -102,6 +128,7 @@ def _expand_block(block: dict, *, where: str) -> list[Cell]:
                 sources=tuple(parse_spec(s) for s in block["sources"]) if transfers else (),
                 attack_defense=block["attack_defense"] if setting == "surrogate-defense" else None,
                 restore_from=block["restore_from"] if setting == "restored" else None,
-            )
-        )
+            ),
+            labeller(dict(zip(AXES, index))) if labeller else None,
+        ))
     return cells

@@ -2,7 +2,8 @@
 
 Rows are cells; a ``worst-case`` row per (defense, model, setting, threat) takes, per example,
 the AND of robust outcomes over every attack (an example is robust only if it survives all).
-Numbers stay numbers until rendered; the interval is Wilson's 95% score interval.
+Numbers stay numbers until rendered; the interval is Wilson's 95% score interval. Missing cells
+(a declared plugin or checkpoint is absent) are rows with status ``missing`` and their reason.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from tabulate import tabulate
 
 from robench.checks import FLAG_DOCS, derived_flags
 from robench.spec import Spec, format_fraction, parse_spec
-from robench.store import CellRecord, Store
+from robench.store import CellRecord, MissingRecord, Store
 
 WORST_CASE = "worst-case"
 GROUP = ["dataset", "split", "n", "sample_seed", "model", "defense", "setting", "sources", "threat", "seed", "draws"]
 COLUMNS = [
     "defense", "model", "dataset", "threat", "setting", "attack", "clean_acc", "robust_acc", "n",
-    "robust_ci_low", "robust_ci_high", "robust_draw_acc", "draws", "seed", "flags", "status", "device", "versions", "key",
+    "robust_ci_low", "robust_ci_high", "robust_draw_acc", "draws", "seed", "flags", "status", "device", "versions", "key", "reason",
 ]
 
 
@@ -45,6 +46,7 @@ def leaderboard(store: Store, benchmark: str) -> pd.DataFrame:
         for index, extra in derived_flags(done).items():
             cells.at[index, "flags"] = ";".join(filter(None, [cells.at[index, "flags"], *extra]))
     rows = cells.to_dict("records") + _worst_case_rows(store, [r for r in records if r.status == "done"])
+    rows += [_missing_row(m) for m in store.missing_cells(benchmark)]
     if not rows:
         return pd.DataFrame(columns=COLUMNS)
     frame = pd.DataFrame(rows)
@@ -80,6 +82,23 @@ def _cell_row(record: CellRecord) -> dict:
         "device": env.get("device", ""),
         "versions": f"robench {env.get('robench', '?')}, torch {env.get('torch', '?')}",
         "key": record.key[:12],
+        "reason": (record.error or "").splitlines()[0] if record.status == "error" and record.error else "",
+    }
+
+
+def _missing_row(record: MissingRecord) -> dict:
+    """A missing cell: its spec and reason, no numbers."""
+    spec = record.spec
+    return {
+        **{k: _group_value(spec, k) for k in GROUP},
+        "attack": spec["attack"],
+        **dict.fromkeys(["clean_acc", "robust_acc", "robust_ci_low", "robust_ci_high", "robust_draw_acc"], math.nan),
+        "flags": "missing",
+        "status": "missing",
+        "device": "",
+        "versions": "",
+        "key": record.key[:12],
+        "reason": record.reason,
     }
 
 
@@ -150,6 +169,10 @@ def render_markdown(frame: pd.DataFrame, *, title: str, commands: list[str]) -> 
     present = sorted({f for cell in frame["flags"] for f in str(cell).split(";") if f in FLAG_DOCS})
     if present:
         lines += ["", "Flags:", ""] + [f"- `{f}`: {FLAG_DOCS[f]}" for f in present]
+    missing = frame[frame["status"] == "missing"]
+    if len(missing):
+        lines += ["", f"Missing cells ({len(missing)}; not computed, no numbers):", ""]
+        lines += [f"- {r.defense} | {r.attack} | {r.model} | {r.dataset}: {r.reason}" for r in missing.itertuples()]
     return "\n".join(lines) + "\n"
 
 

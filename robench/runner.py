@@ -10,6 +10,7 @@ import platform
 import time
 import traceback
 from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -18,18 +19,20 @@ from tqdm.auto import tqdm
 import robench
 from robench import checks
 from robench.cell import Cell, cell_key
+from robench.missing import Expected, missing_key, split_missing
 from robench.resolve import ConfigError, Resolver
-from robench.store import Store
+from robench.store import MissingRecord, Store
 from robench.target import Ensemble, Pipeline, adaptive_view
 
 
 @dataclass
 class GridResult:
-    """What a grid run did: keys computed, skipped (cached), failed (with messages)."""
+    """What a grid run did: keys computed, skipped (cached), failed and missing (with messages)."""
 
     computed: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -200,14 +203,25 @@ def run_grid(
     device: torch.device,
     command: str = "",
     progress: bool = True,
+    labels: Mapping[Cell, Sequence[dict]] | None = None,
+    expected: Expected | None = None,
 ) -> GridResult:
-    """Evaluate every cell not yet in the store; failures become error rows and the grid goes on."""
+    """Evaluate every cell not yet in the store; failures become error rows and the grid goes on.
+
+    Cells naming a plugin or checkpoint that ``expected`` declares may be absent, and is, are
+    stored as missing cells with their reason; ``labels`` (cell -> paper labels) are stored with
+    the benchmark's latest grid for paper-layout reports.
+    """
+    cells, missing = split_missing(cells, expected)
     resolver = Resolver(device)
     prepared = prepare(cells, resolver)
-    result = GridResult()
+    result = GridResult(missing={missing_key(cell): reason for cell, reason in missing.items()})
     env = environment(device)
     run_id = store.start_run(command, env)
     store.set_members(benchmark, [key for _, key, _ in prepared])
+    store.set_missing(benchmark, [MissingRecord(missing_key(c), c.to_json(), r) for c, r in missing.items()])
+    keys = [(cell, key) for cell, (_, key, _) in zip(cells, prepared)] + [(c, missing_key(c)) for c in missing]
+    store.set_labels(benchmark, _labels_by_key(keys, labels or {}))
     bar = tqdm(prepared, desc=benchmark, unit="cell", disable=not progress)
     for cell, key, provenance in bar:
         bar.set_postfix_str(_describe(cell)[:60])
@@ -230,6 +244,14 @@ def run_grid(
             result.failed[key] = f"{type(err).__name__}: {err}"
     store.finish_run(run_id)
     return result
+
+
+def _labels_by_key(keys: list[tuple[Cell, str]], labels: Mapping[Cell, Sequence[dict]]) -> dict[str, list[dict]]:
+    by_key: dict[str, list[dict]] = {}
+    for cell, key in keys:
+        found = by_key.setdefault(key, [])
+        found += [label for label in labels.get(cell, ()) if label not in found]
+    return by_key
 
 
 def _describe(cell: Cell) -> str:

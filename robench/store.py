@@ -60,6 +60,19 @@ CREATE TABLE IF NOT EXISTS examples (
     perturbation      REAL NOT NULL,
     PRIMARY KEY (key, example_id)
 );
+CREATE TABLE IF NOT EXISTS cell_labels (
+    benchmark   TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    labels      TEXT NOT NULL,
+    PRIMARY KEY (benchmark, key)
+);
+CREATE TABLE IF NOT EXISTS missing_cells (
+    benchmark   TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    spec        TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    PRIMARY KEY (benchmark, key)
+);
 """
 
 EXAMPLE_COLUMNS = (
@@ -80,6 +93,15 @@ class CellRecord:
     provenance: dict
     error: str | None
     wall_s: float
+
+
+@dataclass(frozen=True)
+class MissingRecord:
+    """A cell of a benchmark's latest grid that could not be built, and why (nothing was computed)."""
+
+    key: str
+    spec: dict
+    reason: str
 
 
 class Store:
@@ -160,6 +182,24 @@ class Store:
                 [(benchmark, key) for key in keys],
             )
 
+    def set_labels(self, benchmark: str, labels: dict[str, list[dict]]) -> None:
+        """Make ``labels`` (cell key -> paper labels) those of a benchmark's latest grid."""
+        with self._db:
+            self._db.execute("DELETE FROM cell_labels WHERE benchmark = ?", (benchmark,))
+            self._db.executemany(
+                "INSERT INTO cell_labels (benchmark, key, labels) VALUES (?, ?, ?)",
+                [(benchmark, key, json.dumps(found, sort_keys=True)) for key, found in labels.items() if found],
+            )
+
+    def set_missing(self, benchmark: str, records: list[MissingRecord]) -> None:
+        """Make ``records`` the missing cells of a benchmark's latest grid."""
+        with self._db:
+            self._db.execute("DELETE FROM missing_cells WHERE benchmark = ?", (benchmark,))
+            self._db.executemany(
+                "INSERT OR REPLACE INTO missing_cells (benchmark, key, spec, reason) VALUES (?, ?, ?, ?)",
+                [(benchmark, r.key, json.dumps(r.spec, sort_keys=True), r.reason) for r in records],
+            )
+
     def completed_batches(self, key: str) -> set[int]:
         """Indices of the batches of a cell already committed."""
         return {r[0] for r in self._db.execute("SELECT batch FROM batches WHERE key = ?", (key,))}
@@ -205,8 +245,22 @@ class Store:
         return [dict(zip(EXAMPLE_COLUMNS, row)) for row in cur]
 
     def benchmarks(self) -> list[str]:
-        """Names of every benchmark with at least one cell in the store."""
-        return [r[0] for r in self._db.execute("SELECT DISTINCT benchmark FROM benchmark_cells ORDER BY benchmark")]
+        """Names of every benchmark with at least one cell (computed, failed or missing) in the store."""
+        return [r[0] for r in self._db.execute(
+            "SELECT benchmark FROM benchmark_cells UNION SELECT benchmark FROM missing_cells ORDER BY benchmark"
+        )]
+
+    def missing_cells(self, benchmark: str) -> list[MissingRecord]:
+        """The missing cells of a benchmark's latest grid."""
+        rows = self._db.execute(
+            "SELECT key, spec, reason FROM missing_cells WHERE benchmark = ? ORDER BY rowid", (benchmark,)
+        )
+        return [MissingRecord(key, json.loads(spec), reason) for key, spec, reason in rows]
+
+    def labels(self, benchmark: str) -> dict[str, list[dict]]:
+        """Paper labels of a benchmark's cells (computed or missing), by cell key."""
+        rows = self._db.execute("SELECT key, labels FROM cell_labels WHERE benchmark = ?", (benchmark,))
+        return {key: json.loads(labels) for key, labels in rows}
 
     def benchmark_cells(self, benchmark: str) -> list[CellRecord]:
         """Every cell recorded for a benchmark."""
