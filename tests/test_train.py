@@ -24,7 +24,7 @@ from robench.train.recipes import MadryAT, mart_loss, trades_loss
 from tests.conftest import needs_cifar
 
 QUIET = Runtime(progress=False)
-SMALL_EVAL = Evaluation(n=16, attack="pgd:steps=2", batch_size=16)
+SMALL_EVAL = Evaluation(n=16, attack="pgd:steps=2", batch_size=8)
 
 
 def invoke(*args):
@@ -179,10 +179,10 @@ def test_schedule_refuses_bad_values():
 
 @needs_cifar
 def test_one_epoch_of_at_lowers_the_loss_and_writes_checkpoint_and_card(shared_data, tmp_path):
-    plan = small_plan(tmp_path, n=256, lr=0.1, name="at.pt")
+    plan = small_plan(tmp_path, batch_size=16, lr=0.1, name="at.pt")
     before = mean_loss(plan)
     card = train_target(plan, runtime=QUIET, command="robench train at ...")
-    assert mean_loss(plan) < before - 0.01
+    assert mean_loss(plan) < before - 0.02
 
     state = torch.load(tmp_path / "at.pt", weights_only=True)
     assert set(state) == set(plan.model.net.state_dict()) and all(isinstance(v, torch.Tensor) for v in state.values())
@@ -191,10 +191,10 @@ def test_one_epoch_of_at_lowers_the_loss_and_writes_checkpoint_and_card(shared_d
     assert card["checkpoint"]["sha256"] == sha256_of(tmp_path / "at.pt")
     assert card["recipe"]["spec"] == "at:eps=8/255,step_size=2/255,steps=5"
     assert card["recipe"]["hyperparameters"]["steps"] == 5
-    assert card["schedule"]["lr"] == 0.1 and card["schedule"]["batch_size"] == 32 and card["epochs"] == 1
+    assert card["schedule"]["lr"] == 0.1 and card["schedule"]["batch_size"] == 16 and card["epochs"] == 1
     assert card["architecture"] == "small-cnn" and card["model"].startswith("small-cnn:weights=")
-    assert card["data"]["dataset"] == "cifar10" and card["data"]["split"] == "train" and card["data"]["n"] == 256
-    assert card["data"]["fingerprint"] == plan.train.fingerprint() and card["data"]["last_id"] == "train/255"
+    assert card["data"]["dataset"] == "cifar10" and card["data"]["split"] == "train" and card["data"]["n"] == 128
+    assert card["data"]["fingerprint"] == plan.train.fingerprint() and card["data"]["last_id"] == "train/127"
     assert card["augment"] == "crop-flip" and card["seed"] == 0
     evaluation = card["evaluation"]
     assert evaluation["n"] == 16 and evaluation["attack"] == "pgd:steps=2" and evaluation["threat"] == "Linf 8/255"
@@ -208,9 +208,11 @@ def test_one_epoch_of_at_lowers_the_loss_and_writes_checkpoint_and_card(shared_d
 def test_interrupted_run_resumes_at_the_saved_epoch_and_ends_with_the_uninterrupted_weights(
     shared_data, tmp_path, monkeypatch
 ):
-    straight = small_plan(tmp_path, epochs=2, name="straight.pt")
-    train_target(straight, runtime=QUIET)
-    batches_per_epoch = 4  # 128 images in batches of 32
+    def plan(name, epochs=2, **options):
+        return small_plan(tmp_path, n=64, batch_size=16, epochs=epochs, name=name, **options)
+
+    straight = train_target(plan("straight.pt"), runtime=QUIET)
+    batches_per_epoch = 4
     calls, real_loss = [], MadryAT.loss
 
     def ctrl_c_in_epoch_two(self, *args):
@@ -221,25 +223,36 @@ def test_interrupted_run_resumes_at_the_saved_epoch_and_ends_with_the_uninterrup
 
     monkeypatch.setattr(MadryAT, "loss", ctrl_c_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
-        train_target(small_plan(tmp_path, epochs=2, name="resumed.pt"), runtime=QUIET)
+        train_target(plan("resumed.pt"), runtime=QUIET)
     assert not (tmp_path / "resumed.pt").exists(), "no checkpoint before the run finishes"
     saved = torch.load(tmp_path / "resumed.resume.pt", weights_only=True)
     assert [r["epoch"] for r in saved["history"]] == [1]
 
     calls.clear()
     monkeypatch.setattr(MadryAT, "loss", lambda self, *args: calls.append(1) or real_loss(self, *args))
-    card = train_target(small_plan(tmp_path, epochs=2, name="resumed.pt"), runtime=QUIET)
+    card = train_target(plan("resumed.pt"), runtime=QUIET)
     assert len(calls) == batches_per_epoch, "only epoch 2 was trained"
     assert [r["epoch"] for r in card["history"]] == [1, 2]
     assert card["history"][0] == saved["history"][0]
+    untimed = [{k: v for k, v in record.items() if k != "seconds"} for record in card["history"]]
+    assert untimed == [{k: v for k, v in record.items() if k != "seconds"} for record in straight["history"]]
     ours = torch.load(tmp_path / "resumed.pt", weights_only=True)
     theirs = torch.load(tmp_path / "straight.pt", weights_only=True)
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs), "same seed, same weights, interrupted or not"
 
-    other_seed = small_plan(tmp_path, epochs=1, name="seed1.pt", seed=1, evaluation=Evaluation(n=0))
-    train_target(other_seed, runtime=QUIET)
-    first = torch.load(tmp_path / "seed1.pt", weights_only=True)
-    assert not torch.equal(first["0.weight"], theirs["0.weight"])
+    train_target(plan("seed1.pt", epochs=1, seed=1, evaluation=Evaluation(n=0)), runtime=QUIET)
+    other_seed = torch.load(tmp_path / "seed1.pt", weights_only=True)
+    assert not torch.equal(other_seed["0.weight"], saved["module"]["net.0.weight"]), "the seed matters"
+
+
+@needs_cifar
+def test_bf16_autocast_and_channels_last_train_and_save_plain_weights(shared_data, tmp_path):
+    plan = small_plan(tmp_path, n=32, batch_size=16, evaluation=Evaluation(n=0))
+    card = train_target(plan, runtime=Runtime(autocast="bf16", channels_last=True, progress=False))
+    assert card["autocast"] == "bf16" and card["channels_last"] is True
+    assert math.isfinite(card["history"][0]["train_loss"])
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert all(v.is_contiguous() and v.dtype == torch.float32 for v in state.values())
 
 
 # --- the command line ---
@@ -302,6 +315,14 @@ def test_cli_bad_input_fails_before_any_work(shared_data, tmp_path, args, messag
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert not list(tmp_path.glob("m.*")), "nothing written"
+
+
+@needs_cifar
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_cuda_without_a_gpu(shared_data, tmp_path):
+    result = invoke("train", "at", "--model", "small-cnn", "--dataset", "cifar10", "--device", "cuda",
+                    "--output", tmp_path / "m.pt")
+    assert result.exit_code == 2 and "torch sees no CUDA device" in result.output
 
 
 @needs_cifar

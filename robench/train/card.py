@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
 from robench.spec import Spec
@@ -59,5 +58,5 @@ def model_card(
         "autocast": runtime.autocast,
         "channels_last": runtime.channels_last,
         "versions": {k: v for k, v in environment.items() if k != "device"},
-        "command": command or " ".join(sys.argv),
+        "command": command or None,
     }

@@ -126,7 +126,10 @@ def plan_training(
 
 
 def train_target(plan: TrainingPlan, *, runtime: Runtime = Runtime(), command: str = "") -> dict:
-    """Train ``plan`` (resuming its resume file), write the checkpoint and model card; returns the card."""
+    """Train ``plan`` (resuming its resume file), write the checkpoint and model card; returns the card (robench).
+
+    ``command`` is the command line recorded in the card (None there when empty).
+    """
     began = time.perf_counter()
     evaluate = None
     if plan.held_out is not None:
