@@ -1,9 +1,10 @@
 """Spec strings: ``name:key=value,...`` with JSON-typed values, parsed to a frozen value.
 
 A spec names a plugin and its keyword arguments. Values are JSON (``75``, ``true``,
-``"a,b"``, ``[1, 2]``), a fraction ``k/255`` (kept exact when printed back), or a bare word
-(``Linf``). ``str(parse_spec(s))`` is the canonical form: keys sorted, fractions of 255
-printed as ``k/255``, so equal specs print equally and round-trip.
+``"a,b"``, ``[1, 2]``), a fraction ``k/255`` (kept exact when printed back), a bare word
+(``Linf``) or a file path (``weights=checkpoints/r18.pt``). ``str(parse_spec(s))`` is the
+canonical form: keys sorted, fractions of 255 printed as ``k/255``, so equal specs print
+equally and round-trip.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any, Mapping
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FRACTION = re.compile(r"^\s*([+-]?\d+(?:\.\d+)?)\s*/\s*([+-]?\d+(?:\.\d+)?)\s*$")
-_BARE_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+# a bare word is a name or a file path (``checkpoints/r18.pt``, ``~/w.pt``, ``../w.pt``), never a number
+_BARE_WORD = re.compile(r"^(?:[A-Za-z_~/]|\.{1,2}/)[A-Za-z0-9_.\-/~]*$")
 
 
 class SpecError(ValueError):

@@ -212,6 +212,21 @@ def test_round_trip_of_number_like_words(word):
     assert parse_spec(str(spec)) == spec
 
 
+@pytest.mark.parametrize(
+    "path", ["checkpoints/r18-at.pt", "/abs/w.pt", "~/w.pt", "./w.pt", "../runs/dir_0.5.pt"]
+)
+def test_file_paths_are_bare_words_that_round_trip(path):
+    spec = parse_spec(f"resnet18:weights={path}")
+    assert spec.options["weights"] == path
+    assert str(spec) == f"resnet18:weights={path}" and parse_spec(str(spec)) == spec
+
+
+def test_numbers_never_become_paths():
+    assert parse_value("8/255") == 8 / 255
+    with pytest.raises(SpecError):
+        parse_value(".5")
+
+
 @pytest.mark.parametrize("text", ["x:a=0.5", "x:a=0.1", "x:a=0.25", "x:a=2.0", "x:a=1.0"])
 def test_plain_decimals_print_as_decimals(text):
     assert str(parse_spec(text)) == text
