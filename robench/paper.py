@@ -271,15 +271,17 @@ def _card_line(path: str, recorded: set[str]) -> str:
 
 
 def _flatten(data, prefix: str = "") -> list[tuple[str, str]]:
-    """Scalar fields of a card (nested mappings dotted), long lists left out."""
+    """Scalar fields of a card (nested mappings dotted); data fingerprints, long lists and records left out."""
     out = []
     for key, value in (data.items() if isinstance(data, dict) else []):
         name = f"{prefix}{key}"
+        if key.endswith("fingerprint"):
+            continue
         if isinstance(value, dict):
             out += _flatten(value, f"{name}.")
         elif isinstance(value, (str, int, float, bool)) or value is None:
             out.append((name, value))
-        elif isinstance(value, list) and len(value) <= 8:
+        elif isinstance(value, list) and len(value) <= 8 and all(isinstance(v, (str, int, float)) for v in value):
             out.append((name, value))
     return out
 

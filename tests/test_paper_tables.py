@@ -17,7 +17,7 @@ from robench.grid import load_benchmark
 from robench.missing import Expected, missing_reason
 from robench.paper import Entry, PaperReportError, layout, paper_folder, read_paper_tables, write_paper_report
 from robench.runner import run_grid
-from robench.spec import SpecError
+from robench.spec import SpecError, parse_spec
 from robench.store import Store
 from robench.threat import ThreatModel
 
@@ -80,7 +80,7 @@ def test_an_unregistered_pending_defense_is_a_missing_cell_and_the_run_exits_0(t
 def test_a_declared_checkpoint_is_missing_until_it_exists(tmp_path):
     path = str(tmp_path / "resnet18-at.pt")
     how = "produce it with `robench train at --model resnet18 --dataset cifar10 --output x.pt`"
-    cell = Cell(dataset="cifar10", model=f'resnet18:weights="{path}"', defense="none", attack="fgsm",
+    cell = Cell(dataset="cifar10", model=f"resnet18:weights={path}", defense="none", attack="fgsm",
                 threat=ThreatModel("Linf", 8 / 255))
     expected = Expected(checkpoints={path: how})
     assert missing_reason(cell, expected) == f"checkpoint {path} not found: {how}"
@@ -175,11 +175,12 @@ def test_model_cards_of_the_checkpoints_used_are_in_the_header(tmp_path, monkeyp
     ckpt = tmp_path / "target.pt"
     ckpt.write_bytes(b"weights")
     ckpt.with_suffix(".json").write_text(json.dumps({"recipe": "at", "epochs": 3, "sha256": "ab" * 32}))
-    record = type("R", (), {"spec": {"model": f'resnet18:weights="{ckpt}"', "defense": "none"},
-                            "provenance": {"checkpoints": {f'resnet18:weights="{ckpt}"': {str(ckpt): "ab" * 32}}}})
+    model = str(parse_spec(f'resnet18:weights="{ckpt}"'))  # provenance is keyed by canonical specs
+    record = type("R", (), {"spec": {"model": model, "defense": "none"},
+                            "provenance": {"checkpoints": {model: {str(ckpt): "ab" * 32}}}})
     (line,) = paper._model_cards([record])
     assert line.startswith(f"`{ckpt}` (sha256 {'ab' * 6})") and "recipe=at" in line and "epochs=3" in line
-    record.provenance = {"checkpoints": {f'resnet18:weights="{ckpt}"': {str(ckpt): "cd" * 32}}}
+    record.provenance = {"checkpoints": {model: {str(ckpt): "cd" * 32}}}
     assert "describes another file" in paper._model_cards([record])[0]
 
 
