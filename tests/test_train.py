@@ -15,6 +15,7 @@ from torch import nn
 
 from robench.checkpoint import sha256_of
 from robench.cli import main
+from robench.spec import Spec, parse_spec
 from robench.threat import ThreatModel
 from robench.train import (
     Evaluation, Runtime, Schedule, StepResult, TrainingError, build_recipe, fit, perturb, plan_training, train_target,
@@ -234,8 +235,10 @@ def test_interrupted_run_resumes_at_the_saved_epoch_and_ends_with_the_uninterrup
     assert len(calls) == batches_per_epoch, "only epoch 2 was trained"
     assert [r["epoch"] for r in card["history"]] == [1, 2]
     assert card["history"][0] == saved["history"][0]
-    untimed = [{k: v for k, v in record.items() if k != "seconds"} for record in card["history"]]
-    assert untimed == [{k: v for k, v in record.items() if k != "seconds"} for record in straight["history"]]
+    def untimed(history):
+        return [{k: v for k, v in record.items() if not k.endswith("seconds")} for record in history]
+
+    assert untimed(card["history"]) == untimed(straight["history"])
     ours = torch.load(tmp_path / "resumed.pt", weights_only=True)
     theirs = torch.load(tmp_path / "straight.pt", weights_only=True)
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs), "same seed, same weights, interrupted or not"
@@ -266,7 +269,8 @@ def test_cli_trains_and_robench_run_measures_the_same_accuracy(shared_data, tmp_
                     "--eval-batch-size", 24, "--output", "out/convex-at.pt", "--no-progress")
     assert result.exit_code == 0, result.output
     card = json.loads((tmp_path / "out" / "convex-at.json").read_text())
-    assert """use it as --model 'convex-cifar-small:weights="out/convex-at.pt"'""" in result.output
+    assert parse_spec(card["model"]) == Spec.of("convex-cifar-small", weights="out/convex-at.pt")
+    assert f"use it as --model {shlex.quote(card['model'])}" in result.output
     assert card["evaluation"]["robust_acc"] > 0, "a fine-tuned robust model keeps some robustness"
 
     command = shlex.split(card["evaluation"]["command"])

@@ -54,13 +54,14 @@ class Schedule:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise TrainingError(f"{name} must be a positive integer, got {value!r}")
-        checks = {
-            "lr": self.lr > 0, "momentum": 0 <= self.momentum < 1, "weight_decay": self.weight_decay >= 0,
-            "gamma": 0 < self.gamma <= 1,
+        ranges = {
+            "lr": lambda v: v > 0, "momentum": lambda v: 0 <= v < 1, "weight_decay": lambda v: v >= 0,
+            "gamma": lambda v: 0 < v <= 1,
         }
-        for name, ok in checks.items():
+        for name, ok in ranges.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not number or not ok(value):
                 raise TrainingError(f"{name}={value!r} is out of range (lr > 0, 0 <= momentum < 1, "
                                     "weight_decay >= 0, 0 < gamma <= 1)")
         ms = self.milestones
@@ -159,7 +160,9 @@ def fit(
             scheduler.step()
             if evaluate is not None:
                 module.eval()
+                evaluated = time.perf_counter()
                 record.update(evaluate())
+                record["eval_seconds"] = round(time.perf_counter() - evaluated, 3)
             record["seconds"] = round(time.perf_counter() - began, 3)
             history.append(record)
             _save_resume(resume_path, config, history, module, optimizer, scheduler, generator, device)
@@ -215,7 +218,7 @@ def _train_epoch(module, step, x, y, optimizer, generator, schedule, epoch, augm
 def _summary(record: dict, epochs: int) -> str:
     parts = [f"epoch {record['epoch']}/{epochs}", f"lr {record['lr']:g}", f"loss {record['train_loss']:.4f}"]
     parts += [f"{key} {value:.4f}" for key, value in record.items()
-              if key not in ("epoch", "lr", "train_loss", "seconds") and isinstance(value, float)]
+              if key not in ("epoch", "lr", "train_loss", "seconds", "eval_seconds") and isinstance(value, float)]
     return "  ".join(parts + [f"{record['seconds']:.1f} s"])
 
 
