@@ -166,6 +166,18 @@ def test_fit_trains_any_module_with_its_own_loss_schedule_and_hook(tmp_path):
     assert history[-1]["train_loss"] < history[0]["train_loss"]
 
 
+def test_fit_stops_with_a_clear_error_when_the_loss_diverges(tmp_path):
+    layer = nn.Linear(4, 2)
+
+    def step(x, y, generator):
+        return StepResult(layer(x).sum() * float("nan"))
+
+    with pytest.raises(TrainingError, match="loss became nan at epoch 1, batch 1; training diverged"):
+        fit(layer, step, torch.rand(8, 4), torch.zeros(8), seed=0, resume_path=tmp_path / "r.pt", config={},
+            schedule=Schedule(epochs=1, batch_size=4), runtime=QUIET)
+    assert not (tmp_path / "r.pt").exists()
+
+
 def test_schedule_refuses_bad_values():
     with pytest.raises(TrainingError, match="milestones must be increasing"):
         Schedule(epochs=10, milestones=(90, 75))
@@ -242,6 +254,9 @@ def test_interrupted_run_resumes_at_the_saved_epoch_and_ends_with_the_uninterrup
     ours = torch.load(tmp_path / "resumed.pt", weights_only=True)
     theirs = torch.load(tmp_path / "straight.pt", weights_only=True)
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs), "same seed, same weights, interrupted or not"
+
+    with pytest.raises(TrainingError, match="already holds 2 epochs, more than the 1 asked for"):
+        train_target(plan("straight.pt", epochs=1), runtime=QUIET)
 
     train_target(plan("seed1.pt", epochs=1, seed=1, evaluation=Evaluation(n=0)), runtime=QUIET)
     other_seed = torch.load(tmp_path / "seed1.pt", weights_only=True)
