@@ -320,6 +320,7 @@ def test_cli_ctrl_c_leaves_a_resumable_state(shared_data, tmp_path, monkeypatch)
     [
         (["trade", "--model", "small-cnn"], "unknown training recipe 'trade'; did you mean 'trades'"),
         (["at:beta=1", "--model", "small-cnn"], "recipe 'at' has no option 'beta'; it takes eps, step_size, steps"),
+        (["trades:lr=0.01", "--model", "small-cnn"], "(the schedule is set with --lr)"),
         (["at", "--model", "small-cnn:channels=1,size=28"], "takes inputs shaped (1, 28, 28), but 'cifar10' images"),
         (["at", "--model", "small-cnn:num_classes=5"], "has 5 classes, 'cifar10' has 10"),
         (["at", "--model", "tiny"], "model 'tiny' takes no weights= option"),

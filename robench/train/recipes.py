@@ -51,10 +51,7 @@ class _Adversarial(Recipe):
     """Shared Linf inner-attack hyperparameters (eps, step size, steps) of the adversarial recipes."""
 
     def __init__(self, *, eps: float, step_size: float, steps: int):
-        try:
-            self.eps = parse_eps(eps)
-        except SpecError as err:
-            raise ValueError(str(err)) from None
+        self.eps = parse_eps(eps)
         check_positive("step_size", step_size)
         check_positive_int("steps", steps)
         self.step_size = float(step_size)
@@ -212,7 +209,9 @@ def build_recipe(spec: "str | Spec") -> Recipe:
     unknown = sorted(set(spec.options) - set(accepted))
     if unknown:
         takes = f"it takes {', '.join(accepted)}" if accepted else "it takes no options"
-        raise TrainingError(f"recipe {spec.name!r} has no option {', '.join(map(repr, unknown))}; {takes}")
+        loop = [f"--{k.replace('_', '-')}" for k in unknown if k in Schedule.__dataclass_fields__]
+        hint = f" (the schedule is set with {', '.join(loop)})" if loop else ""
+        raise TrainingError(f"recipe {spec.name!r} has no option {', '.join(map(repr, unknown))}; {takes}{hint}")
     try:
         return cls(**spec.options)
     except (TypeError, ValueError) as err:
