@@ -87,6 +87,8 @@ class DIR(MaskedDefense):
     differentiable = True
     needs_training = True
     version = "1"
+    # ``robench train dir`` runs this trainer: pre-training (Eq. 2) and main training (Algorithm 1).
+    trainer = "robench.defenses.dir_training:DIRTraining"
 
     def __init__(
         self,

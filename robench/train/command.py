@@ -1,10 +1,18 @@
-"""``robench train RECIPE``: a thin click front end over :mod:`robench.train.targets`."""
+"""``robench train NAME``: a thin click front end over :mod:`robench.train.targets` and learned defenses' trainers.
+
+NAME is a target-model recipe (:data:`~robench.train.recipes.RECIPES`) or a registered defense
+whose class declares ``trainer = "module:attribute"``: an object with ``plan(spec, *, model,
+target, dataset, output, split, n, sample_seed, seed, augment, evaluation, eval_eot, **schedule)``
+returning a checked run (``output``, ``card_path``, ``resume_path``) whose ``run(runtime=,
+command=)`` trains it and returns its model card (with the ``defense`` spec that loads it).
+"""
 
 from __future__ import annotations
 
 import os
 import shlex
 import sys
+from importlib import import_module
 
 import click
 
@@ -32,14 +40,32 @@ def _milestones(ctx, param, value):
         raise click.BadParameter(f"{value!r} is not a comma-separated list of epochs, e.g. 75,90") from None
 
 
+def defense_trainer(name: str):
+    """The trainer a learned defense's class declares in ``trainer`` (DESIGN 4), or None when NAME is no defense."""
+    if name in RECIPES or name not in registry.names("defenses"):
+        return None
+    path = getattr(registry.load("defenses", name), "trainer", None)
+    if not path:
+        raise TrainingError(f"defense {name!r} declares no trainer; robench train runs the recipes "
+                            f"{', '.join(RECIPES)} and the trainers of learned defenses that declare one")
+    module, _, attribute = path.partition(":")
+    try:
+        return getattr(import_module(module), attribute)
+    except (ImportError, AttributeError) as err:
+        raise TrainingError(f"defense {name!r} names the trainer {path!r}, which failed to load: {err!r}") from None
+
+
 @click.command(
     "train",
-    help=f"Train a target model with RECIPE ({', '.join(RECIPES)}; options as a spec, e.g. trades:beta=6). "
-    "Writes a state_dict checkpoint, usable as --model MODEL:weights=PATH, and a JSON model card beside it. "
-    "Rerunning the same command resumes from the last completed epoch.",
+    help=f"Train a target model with RECIPE ({', '.join(RECIPES)}; options as a spec, e.g. trades:beta=6), or a "
+    "learned defense that declares a trainer (e.g. dir: --model dir --target MODEL:weights=PATH). "
+    "Writes a state_dict checkpoint, usable as --model MODEL:weights=PATH (--defense NAME:weights=PATH for a "
+    "defense), and a JSON model card beside it. Rerunning the same command resumes from the last completed epoch.",
 )
 @click.argument("recipe")
-@click.option("--model", required=True, help="Model spec, e.g. resnet18 (fresh) or small-cnn.")
+@click.option("--model", required=True, help="Model spec, e.g. resnet18 (fresh) or small-cnn; a defense spec for a "
+              "defense's trainer (dir:mask_ratio=0.3).")
+@click.option("--target", help="Fixed classifier spec a learned defense is trained in front of.")
 @click.option("--dataset", required=True, help="Dataset spec, e.g. cifar10.")
 @click.option("--epochs", type=int, help="Epochs (default: the recipe's).")
 @click.option("--batch-size", type=int, help="Mini-batch size (default 128).")
@@ -58,6 +84,8 @@ def _milestones(ctx, param, value):
 @click.option("--eval-attack", default="pgd:steps=20", show_default=True, help="Attack spec of the robust accuracy.")
 @click.option("--eval-eps", default="8/255", show_default=True, help="Linf budget of the evaluation.")
 @click.option("--eval-batch-size", type=int, default=128, show_default=True)
+@click.option("--eval-eot", type=int, help="EOT draws of the evaluation attack on a stochastic learned defense "
+              "(the trainer's default; dir: 10).")
 @click.option("--output", type=click.Path(), help="Checkpoint (default checkpoints/<model>-<recipe>-<dataset>.pt).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
 @click.option("--autocast", type=click.Choice(["auto", "bf16", "off"]), default="auto", show_default=True,
@@ -66,9 +94,9 @@ def _milestones(ctx, param, value):
               help="channels_last memory format; auto: on for CUDA, off on CPU.")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Folder with the datasets (or set ROBENCH_DATA).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def train_command(recipe, model, dataset, epochs, batch_size, lr, momentum, weight_decay, milestones, gamma, split, n,
-                  sample_seed, augment, seed, eval_n, eval_split, eval_attack, eval_eps, eval_batch_size, output,
-                  device, autocast, channels_last, data_root, progress):
+def train_command(recipe, model, target, dataset, epochs, batch_size, lr, momentum, weight_decay, milestones, gamma,
+                  split, n, sample_seed, augment, seed, eval_n, eval_split, eval_attack, eval_eps, eval_batch_size,
+                  eval_eot, output, device, autocast, channels_last, data_root, progress):
     if data_root:
         os.environ["ROBENCH_DATA"] = data_root
     try:
@@ -82,15 +110,24 @@ def train_command(recipe, model, dataset, epochs, batch_size, lr, momentum, weig
         )
         evaluation = Evaluation(n=eval_n, split=eval_split, attack=parse_spec(eval_attack),
                                 threat=ThreatModel("Linf", parse_eps(eval_eps)), batch_size=eval_batch_size)
-        plan = plan_training(
-            recipe, model=model, dataset=dataset, output=output, split=split, n=n, sample_seed=sample_seed,
-            seed=seed, augment=augment, evaluation=evaluation, epochs=epochs, batch_size=batch_size, lr=lr,
-            momentum=momentum, weight_decay=weight_decay, milestones=milestones, gamma=gamma,
-        )
+        options = dict(model=model, dataset=dataset, output=output, split=split, n=n, sample_seed=sample_seed,
+                       seed=seed, augment=augment, evaluation=evaluation, epochs=epochs, batch_size=batch_size, lr=lr,
+                       momentum=momentum, weight_decay=weight_decay, milestones=milestones, gamma=gamma)
+        trainer = defense_trainer(parse_spec(recipe).name)
+        if trainer is not None:
+            plan = trainer.plan(recipe, target=target, eval_eot=eval_eot, **options)
+        else:
+            for flag, value in (("--target", target), ("--eval-eot", eval_eot)):
+                if value is not None:
+                    raise TrainingError(f"{flag} is for learned defenses' trainers (e.g. robench train dir); "
+                                        f"recipe {recipe!r} trains --model itself")
+            plan = plan_training(recipe, **options)
     except BAD_INPUT as err:
         raise click.UsageError(str(err)) from None
+    command = "robench " + shlex.join(sys.argv[1:])
     try:
-        card = train_target(plan, runtime=runtime, command="robench " + shlex.join(sys.argv[1:]))
+        card = plan.run(runtime=runtime, command=command) if trainer else train_target(plan, runtime=runtime,
+                                                                                        command=command)
     except TrainingError as err:
         raise click.ClickException(str(err)) from None
     except KeyboardInterrupt:
@@ -102,4 +139,5 @@ def train_command(recipe, model, dataset, epochs, batch_size, lr, momentum, weig
         ev = card["evaluation"]
         click.echo(f"{ev['split']} n={ev['n']}: clean {ev['clean_acc']:.4f}, {ev['attack']} at {ev['threat']}: "
                    f"robust {ev['robust_acc']:.4f}")
-    click.echo(f"use it as --model {shlex.quote(card['model'])}")
+    usage = f"--model {shlex.quote(card['model'])}" if "model" in card else f"--defense {shlex.quote(card['defense'])}"
+    click.echo(f"use it as {usage}")

@@ -54,15 +54,20 @@ def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     return model(x).argmax(dim=1) == y
 
 
-def robust_accuracy(model: nn.Module, examples: Examples, evaluation: Evaluation, device: torch.device) -> dict:
+def robust_accuracy(model: nn.Module, examples: Examples, evaluation: Evaluation, device: torch.device, *,
+                    attacker: nn.Module | None = None) -> dict:
     """Clean accuracy and accuracy under ``evaluation.attack`` on ``examples`` (robench's runner, Madry et al. 2018).
 
     As the runner: per batch, only correctly classified images are attacked, with the seed of
-    that batch; every adversarial image is checked against the threat model.
+    that batch; every adversarial image is checked against the threat model. ``attacker`` is
+    the module the attack differentiates (default ``model``; e.g. the EOT view of a stochastic
+    pipeline), ``model`` the one scored; both are put in eval mode.
     """
+    attacker = model if attacker is None else attacker
     attack = registry.build("attacks", evaluation.attack)
-    modes = {m: m.training for m in model.modules()}
+    modes = {m: m.training for m in (*model.modules(), *attacker.modules())}
     model.eval()
+    attacker.eval()
     clean_total = robust_total = 0
     try:
         for batch, start in enumerate(range(0, len(examples), evaluation.batch_size)):
@@ -71,7 +76,7 @@ def robust_accuracy(model: nn.Module, examples: Examples, evaluation: Evaluation
             clean = _correct(model, x, y)
             x_adv = x.clone()
             if clean.any():
-                x_adv[clean] = attack(model, x[clean], y[clean], evaluation.threat,
+                x_adv[clean] = attack(attacker, x[clean], y[clean], evaluation.threat,
                                       seed=batch_seed(evaluation.seed, batch))
             evaluation.threat.check(x_adv, x)
             clean_total += int(clean.sum())

@@ -194,17 +194,18 @@ class MART(_Adversarial):
 RECIPES: dict[str, type[Recipe]] = {cls.name: cls for cls in (Standard, MadryAT, TRADES, MART)}
 
 
-def build_recipe(spec: "str | Spec") -> Recipe:
-    """The recipe a spec names (``at``, ``trades:beta=6``); unknown names and options get helpful errors."""
+def build_recipe(spec: "str | Spec", *, recipes: "dict[str, type] | None" = None):
+    """The recipe a spec names (``at``, ``trades:beta=6``) among ``recipes`` (default :data:`RECIPES`); helpful errors."""
+    recipes = RECIPES if recipes is None else recipes
     try:
         spec = parse_spec(spec)
     except SpecError as err:
         raise TrainingError(str(err)) from None
-    if spec.name not in RECIPES:
-        close = difflib.get_close_matches(spec.name, list(RECIPES), n=3, cutoff=0.5)
+    if spec.name not in recipes:
+        close = difflib.get_close_matches(spec.name, list(recipes), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise TrainingError(f"unknown training recipe {spec.name!r}{hint} (recipes: {', '.join(RECIPES)})")
-    cls = RECIPES[spec.name]
+        raise TrainingError(f"unknown training recipe {spec.name!r}{hint} (recipes: {', '.join(recipes)})")
+    cls = recipes[spec.name]
     accepted = list(inspect.signature(cls).parameters)
     unknown = sorted(set(spec.options) - set(accepted))
     if unknown:
