@@ -299,6 +299,11 @@ class DIRTraining:
         denoiser = _build("defenses", defense_spec)
         classifier = _build("models", target_spec)
         _check_fits(classifier, target_spec, data, dataset_spec)
+        if not getattr(classifier, "checkpoints", None):
+            raise TrainingError(
+                f"target {str(target_spec)!r} loads no trained weights; DIR trains in front of a trained, fixed "
+                "classifier: give its checkpoint, e.g. resnet18:weights=checkpoints/resnet18-at-cifar10.pt"
+            )
         classifier.eval().requires_grad_(False)  # fixed: never in train mode, never updated
         return cls(recipe, defense_spec, target_spec, dataset_spec, denoiser, classifier, train, held_out, split,
                    sample_seed, plan_schedule, augment, seed, evaluation, eval_eot, output)
