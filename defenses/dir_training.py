@@ -198,7 +198,7 @@ class DIRRecipe:
 
 
 def rep_loss(logits_perturbed: torch.Tensor, p_clean: torch.Tensor) -> torch.Tensor:
-    """L_rep as the released code computes it: ``KLDivLoss(log_softmax(h(x~ + delta)), p(x~))`` summed / B (DIR Eq. 5)."""
+    """L_rep as the released code computes it: ``KLDivLoss(log_softmax(h(x~ + delta)), p(x~))`` / B (DIR Eq. 5)."""
     return F.kl_div(F.log_softmax(logits_perturbed.float(), dim=1), p_clean, reduction="sum") / len(p_clean)
 
 
@@ -271,7 +271,8 @@ class DIRTraining:
                 "of, e.g. --target resnet18:weights=checkpoints/resnet18-at-cifar10.pt (from robench train at)"
             )
         plan_schedule = recipe.schedule.with_overrides(**schedule)
-        defense_spec, target_spec, dataset_spec = _spec(model, "model"), _spec(target, "target"), _spec(dataset, "dataset")
+        defense_spec, target_spec = _spec(model, "model"), _spec(target, "target")
+        dataset_spec = _spec(dataset, "dataset")
         try:
             defense_class = registry.load("defenses", defense_spec.name)
         except registry.PluginError as err:
