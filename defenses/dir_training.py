@@ -9,7 +9,6 @@ both phases on the shared loop :func:`robench.train.fit`.
 
 from __future__ import annotations
 
-import inspect
 import shlex
 import time
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from robench.train.evaluate import Evaluation, robust_accuracy
 from robench.train.files import save_json, save_torch
 from robench.train.inner import NORMAL_START_STD, evaluating, perturb
 from robench.train.loop import Runtime, Schedule, StepResult, TrainingError, fit
-from robench.train.recipes import build_recipe
+from robench.train.recipes import Recipe, build_recipe
 from robench.train.targets import CHECKPOINT_DIR, _build, _check_fits, _check_writable, _load, _spec
 
 GRADIENT_PATHS = ("both", "released")
@@ -43,7 +42,7 @@ GRADIENT_PATHS = ("both", "released")
 EVAL_EOT = 10
 
 
-class DIRRecipe:
+class DIRRecipe(Recipe):
     """DIR's training objectives (specs A1, "Losses" and "Training recipe"), built from ``dir:KEY=VALUE,...``.
 
     Phase 1, pre-training (Eq. 2), ``pretrain_epochs`` epochs: x' = PGD (``eps``, ``steps`` steps
@@ -135,15 +134,6 @@ class DIRRecipe:
         self.gradient_path = gradient_path
         self.mse_weight = float(mse_weight)
 
-    @property
-    def hyperparameters(self) -> dict:
-        """The constructor's keyword arguments with their values."""
-        return {name: getattr(self, name) for name in inspect.signature(type(self)).parameters}
-
-    @property
-    def spec(self) -> Spec:
-        """The canonical spec naming this recipe and all its hyperparameters."""
-        return Spec.of(self.name, **self.hyperparameters)
 
     @property
     def threat(self) -> ThreatModel:
