@@ -23,7 +23,7 @@ from robench.checkpoint import CheckpointError, sha256_of
 from robench.data import Examples
 from robench.defenses.dir import DIR, IMAGE_SHAPE
 from robench.hyper import check_positive, check_positive_int
-from robench.runner import environment
+from robench.env import environment
 from robench.spec import Spec, format_fraction, parse_eps
 from robench.target import EOT, Pipeline
 from robench.threat import ThreatModel

@@ -17,7 +17,8 @@ from robench.grid import Benchmark, expand, load_benchmark
 from robench.paper import PaperReportError, paper_folder, write_paper_report
 from robench.report import leaderboard, render_markdown, write_leaderboard
 from robench.resolve import ConfigError
-from robench.runner import pick_device, run_grid
+from robench.env import pick_device
+from robench.runner import run_grid
 from robench.spec import SpecError
 from robench.store import Store
 from robench.train.command import train_command

@@ -10,7 +10,6 @@ decoded image by image, live in :mod:`robench.imagenet`.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,8 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-DATA_ENV = "ROBENCH_DATA"
-OFFLINE_ENV = "ROBENCH_OFFLINE"
+from robench.env import DATA_ENV, data_root, offline
 
 
 class DataNotFound(FileNotFoundError):
@@ -44,15 +42,6 @@ class Examples:
         digest.update(self.x.contiguous().numpy().tobytes())
         digest.update(self.y.numpy().astype(np.int64).tobytes())
         return digest.hexdigest()
-
-
-def data_root(explicit: "str | Path | None" = None) -> Path:
-    """The data directory: ``explicit``, else ``$ROBENCH_DATA``, else ``~/.cache/robench/data``."""
-    if explicit:
-        return Path(explicit).expanduser()
-    if os.environ.get(DATA_ENV):
-        return Path(os.environ[DATA_ENV]).expanduser()
-    return Path.home() / ".cache" / "robench" / "data"
 
 
 def select(total: int, n: int | None, seed: int | None) -> np.ndarray:
@@ -84,7 +73,7 @@ class ImageDataset:
 
     def __init__(self, *, root: "str | Path | None" = None, download: bool = True):
         self.root = data_root(root)
-        self.download = download and not os.environ.get(OFFLINE_ENV)
+        self.download = download and not offline()
 
     def load(self, *, split: str = "test", n: int | None = None, seed: int | None = None) -> Examples:
         """Return ``n`` examples of ``split`` chosen by ``seed`` (None: the first ``n``)."""

@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from robench.checks import FLAG_DOCS
-from robench.report import wilson_interval
+from robench.flags import FLAG_DOCS
+from robench.report import REPRODUCIBILITY, machine_label, wilson_interval
 from robench.spec import parse_spec
 from robench.store import CellRecord, Store
 
@@ -144,9 +144,11 @@ def render_paper_markdown(table: PaperTable, frame: pd.DataFrame, entries: list[
         "beside it, marked (paper), is the number the paper prints. For stochastic defenses an example counts "
         "as robust only if it survives every scoring draw (the per-draw mean is in the CSV).",
         "",
+        REPRODUCIBILITY,
+        "",
         f"- n: {_joined(r.summary.get('n') for r in done)}; seed: {_joined(r.spec['seed'] for r in done)}; "
         f"scoring draws: {_joined(r.spec['draws'] for r in done)}; EOT draws: {_joined(r.spec['eot'] for r in done)}",
-        f"- device: {_joined(e.get('device') for e in env)}",
+        f"- device: {_joined(machine_label(e) for e in env)}",
         f"- versions: {_joined(_versions(e) for e in env)}",
         f"- benchmarks: {_joined(e.benchmark for e in entries)}",
     ]

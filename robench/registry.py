@@ -72,12 +72,6 @@ def _discover(kind: str, own_only: bool) -> tuple[dict[str, PluginInfo], dict[st
     return plugins, collisions
 
 
-def refresh() -> None:
-    """Forget discovered plugins (after installing a package in the same process)."""
-    _discover.cache_clear()
-    load.cache_clear()
-
-
 def _own_only() -> bool:
     return os.environ.get(AUTOLOAD_ENV, "").strip().lower() not in ("", "0", "false", "no")
 

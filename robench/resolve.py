@@ -13,11 +13,9 @@ from robench.attack import Attack
 from robench.cell import Cell
 from robench.data import Examples
 from robench.defense import Defense
+from robench.errors import ConfigError
 from robench.spec import Spec
-
-
-class ConfigError(ValueError):
-    """A grid that cannot run as configured; raised before any cell starts."""
+from robench.views import attacked_defense
 
 
 class Resolver:
@@ -50,7 +48,7 @@ class Resolver:
     def check(self, cell: Cell) -> None:
         """Raise :class:`ConfigError` if the cell's parts do not fit together."""
         examples, data = self.examples(cell.dataset, cell.split, cell.n, cell.sample_seed)
-        attacked = cell.attack_defense if cell.setting == "surrogate-defense" else cell.defense
+        attacked = attacked_defense(cell) or cell.defense
         self._check_attack(cell.attack, cell.setting, attacked, cell.threat.norm)
         if cell.restore_from is not None:
             self._check_attack(cell.restore_from, "adaptive", cell.defense, cell.threat.norm)

@@ -6,23 +6,23 @@ executor that ships cells elsewhere (Ray) can call it unchanged.
 
 from __future__ import annotations
 
-import platform
 import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
-import robench
 from robench import checks
 from robench.cell import Cell, cell_key
+from robench.env import batch_seed, environment
+from robench.errors import ConfigError
 from robench.missing import Expected, missing_key, split_missing
-from robench.resolve import ConfigError, Resolver
+from robench.resolve import Resolver
+from robench.scoring import score_batch
 from robench.store import MissingRecord, Store
-from robench.target import Ensemble, Pipeline, adaptive_view
+from robench.views import attack_view, attacked_defense, restored_points, restoring_defense, scored_view
 
 
 @dataclass
@@ -39,70 +39,10 @@ class GridResult:
         return not self.failed
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu or auto")
-    return torch.device(name)
-
-
-def environment(device: torch.device) -> dict:
-    """Versions and device recorded with every run and cell."""
-    import torchattacks
-
-    return {
-        "robench": robench.__version__,
-        "torch": torch.__version__,
-        "torchattacks": torchattacks.__version__,
-        "python": platform.python_version(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
-    }
-
-
-def attack_view(cell: Cell, resolver: Resolver) -> nn.Module:
-    """The module the attack differentiates, by setting (DESIGN §4)."""
-    model = resolver.model(cell.model)
-    if cell.setting == "adaptive":
-        return adaptive_view(model, resolver.defense(cell.defense), eot_draws=cell.eot)
-    if cell.setting in ("oblivious", "restored"):
-        return model
-    sources = [resolver.model(s) for s in cell.sources]
-    source = sources[0] if len(sources) == 1 else Ensemble(sources)
-    if cell.setting == "transfer":
-        return source
-    return adaptive_view(source, resolver.defense(cell.attack_defense), eot_draws=cell.eot)
-
-
-def batch_seed(seed: int, batch: int) -> int:
-    """The seed of one batch: resuming at any batch replays the same randomness."""
-    return (seed * 1_000_003 + batch) % (2**63)
-
-
-def restored_points(cell: Cell, resolver: Resolver, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """DIR Eq. 9's starting points: the defense's restoration ``g(x')``, ``x'`` from ``restore_from`` or ``x``."""
-    defense = resolver.defense(cell.defense)
-    if cell.restore_from is not None:
-        pipeline = adaptive_view(resolver.model(cell.model), defense, eot_draws=cell.eot)
-        x = resolver.attack(cell.restore_from)(pipeline, x, y, cell.threat)
-    with torch.no_grad():
-        return defense(x)
-
-
-@torch.no_grad()
-def _predict(pipeline: nn.Module, x: torch.Tensor, draws: int) -> torch.Tensor:
-    """Predictions of ``draws`` independent passes, shape ``(draws, B)``."""
-    return torch.stack([pipeline(x).argmax(dim=1) for _ in range(draws)])
-
-
 def evaluate_cell(cell: Cell, key: str, resolver: Resolver, store: Store, *, progress: bool = False) -> dict:
     """Evaluate the missing batches of one cell into the store and return its summary."""
     examples = resolver.cell_examples(cell)
-    model = resolver.model(cell.model)
-    defense = resolver.defense(cell.defense)
-    restored = cell.setting == "restored"
-    scorer = model if restored else Pipeline(model, defense)
+    scorer = scored_view(cell, resolver)
     attacker = attack_view(cell, resolver)
     attack = resolver.attack(cell.attack)
     device = resolver.device
@@ -115,29 +55,21 @@ def evaluate_cell(cell: Cell, key: str, resolver: Resolver, store: Store, *, pro
         torch.manual_seed(batch_seed(cell.seed, batch))
         x = examples.x[start : start + cell.batch_size].to(device)
         y = examples.y[start : start + cell.batch_size].to(device)
-        if restored:
+        if cell.setting == "restored":
             x = restored_points(cell, resolver, x, y)
-        clean = _predict(scorer, x, cell.draws) == y
-        attacked = clean.all(dim=0)
-        x_adv = x.clone()
-        if attacked.any():
-            x_adv[attacked] = attack(attacker, x[attacked], y[attacked], cell.threat)
-        cell.threat.check(x_adv, x)
-        adv_pred = _predict(scorer, x_adv, cell.draws)
-        robust = (adv_pred == y) & attacked
-        distance = cell.threat.distance(x_adv, x)
+        score = score_batch(scorer, attacker, attack, x, y, cell.threat, draws=cell.draws)
         rows = [
             {
                 "example_id": examples.ids[start + i],
                 "batch": batch,
                 "label": int(y[i]),
-                "clean_correct": int(clean[:, i].all()),
-                "clean_draw_acc": float(clean[:, i].float().mean()),
-                "attacked": int(attacked[i]),
-                "robust_correct": int(robust[:, i].all()),
-                "robust_draw_acc": float(robust[:, i].float().mean()),
-                "adv_prediction": int(adv_pred[0, i]),
-                "perturbation": float(distance[i]),
+                "clean_correct": int(score.clean[:, i].all()),
+                "clean_draw_acc": float(score.clean[:, i].float().mean()),
+                "attacked": int(score.attacked[i]),
+                "robust_correct": int(score.robust[:, i].all()),
+                "robust_draw_acc": float(score.robust[:, i].float().mean()),
+                "adv_prediction": int(score.adv_prediction[0, i]),
+                "perturbation": float(score.distance[i]),
             }
             for i in range(len(y))
         ]
@@ -165,9 +97,9 @@ def summarise(rows: list[dict]) -> dict:
 
 def normalise(cell: Cell, resolver: Resolver) -> Cell:
     """Fix draws to 1 where scoring has no randomness, and EOT to 1 where no attacked view has any."""
-    attacked, attack = {"adaptive": cell.defense, "surrogate-defense": cell.attack_defense}.get(cell.setting), cell.attack
-    if cell.setting == "restored":
-        attacked, attack = (cell.defense, cell.restore_from) if cell.restore_from is not None else (None, attack)
+    attacked, attack = attacked_defense(cell), cell.attack
+    if restoring_defense(cell) is not None:
+        attacked, attack = restoring_defense(cell), cell.restore_from
     eot_matters = (
         attacked is not None
         and resolver.defense(attacked).stochastic

@@ -34,11 +34,6 @@ class ThreatModel:
             raise SpecError(f"bounds {self.bounds!r} must be (low, high) with low < high")
         object.__setattr__(self, "bounds", (float(lo), float(hi)))
 
-    @classmethod
-    def parse(cls, norm: str, eps: "str | float") -> "ThreatModel":
-        """Build from a norm name and an eps string such as ``8/255``."""
-        return cls(norm, parse_eps(eps, norm=norm))
-
     def __str__(self) -> str:
         return f"{self.norm} {format_fraction(self.eps)}"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from robench.cell import Cell
-from robench.checks import FLAG_DOCS, run_checks
+from robench.checks import run_checks
+from robench.flags import FLAG_DOCS
 from robench.defense import Defense
 from robench.resolve import Resolver
 from robench.runner import evaluate_cell, run_grid

@@ -8,7 +8,8 @@ import torch
 from robench.cell import Cell
 from robench.grid import expand
 from robench.resolve import ConfigError, Resolver
-from robench.runner import attack_view, run_grid
+from robench.runner import run_grid
+from robench.views import attack_view
 from robench.spec import SpecError
 from robench.store import Store
 from robench.threat import ThreatModel

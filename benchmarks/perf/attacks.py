@@ -51,7 +51,7 @@ from tabulate import tabulate  # noqa: E402
 
 import robench  # noqa: E402
 from robench import registry  # noqa: E402
-from robench.runner import pick_device  # noqa: E402
+from robench.env import pick_device  # noqa: E402
 from robench.threat import ThreatModel  # noqa: E402
 
 DATASET = "cifar10"

@@ -41,7 +41,8 @@ from tabulate import tabulate  # noqa: E402
 
 from robench import registry  # noqa: E402
 from robench.cell import Cell  # noqa: E402
-from robench.runner import pick_device, run_grid  # noqa: E402
+from robench.env import pick_device  # noqa: E402
+from robench.runner import run_grid  # noqa: E402
 from robench.store import Store  # noqa: E402
 from robench.threat import ThreatModel  # noqa: E402
 

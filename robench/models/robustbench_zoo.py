@@ -10,7 +10,7 @@ import difflib
 from pathlib import Path
 
 from robench.checkpoint import CheckpointError, sha256_of
-from robench.data import data_root
+from robench.env import data_root
 from robench.models.classifier import Classifier
 from robench.models.weights import weights_digest
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 from torch import nn
 
 from robench.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
-from robench.data import DATA_ENV, OFFLINE_ENV, data_root
+from robench.env import DATA_ENV, OFFLINE_ENV, data_root, offline
 from robench.models.classifier import Classifier
 
 
@@ -77,7 +76,7 @@ def registered_path(entry: RegisteredWeights) -> Path:
     path = folder / entry.file
     if path.is_file():
         return path
-    if entry.url is None or os.environ.get(OFFLINE_ENV):
+    if entry.url is None or offline():
         why = "it has no stable download URL" if entry.url is None else f"{OFFLINE_ENV} is set"
         raise CheckpointError(
             f"weights {entry.file} not found: expected {path} ({why}). Point {DATA_ENV} at a folder whose "

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from robench.spec import Spec
 from robench.train.loop import Runtime
-
-if TYPE_CHECKING:
-    from robench.train.targets import TrainingPlan
 
 CARD_FORMAT = "robench-model-card/1"
 
 
 def model_card(
-    plan: "TrainingPlan",
+    plan,  # a robench.train.targets.TrainingPlan
     *,
     history: list[dict],
     sha256: str,

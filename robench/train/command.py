@@ -17,7 +17,7 @@ from importlib import import_module
 import click
 
 from robench import registry
-from robench.runner import pick_device
+from robench.env import pick_device
 from robench.spec import parse_eps, parse_spec
 from robench.threat import ThreatModel
 from robench.train.augment import AUGMENTATIONS

@@ -10,7 +10,8 @@ from torch import nn
 
 from robench import registry
 from robench.data import Examples
-from robench.runner import batch_seed
+from robench.env import batch_seed
+from robench.scoring import score_batch
 from robench.spec import Spec, format_fraction, parse_spec
 from robench.threat import ThreatModel
 
@@ -49,19 +50,14 @@ class Evaluation:
                 f"--seed {self.seed} --batch-size {self.batch_size}")
 
 
-@torch.no_grad()
-def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return model(x).argmax(dim=1) == y
-
-
 def robust_accuracy(model: nn.Module, examples: Examples, evaluation: Evaluation, device: torch.device, *,
                     attacker: nn.Module | None = None) -> dict:
     """Clean accuracy and accuracy under ``evaluation.attack`` on ``examples`` (robench's runner, Madry et al. 2018).
 
-    As the runner: per batch, only correctly classified images are attacked, with the seed of
-    that batch; every adversarial image is checked against the threat model. ``attacker`` is
-    the module the attack differentiates (default ``model``; e.g. the EOT view of a stochastic
-    pipeline), ``model`` the one scored; both are put in eval mode.
+    Batch by batch through :func:`robench.scoring.score_batch`, seeded as the runner seeds a
+    cell, so the numbers equal ``evaluation.command``'s. ``attacker`` is the module the attack
+    differentiates (default ``model``; e.g. the EOT view of a stochastic pipeline), ``model``
+    the one scored; both are put in eval mode, and the caller's random state is left untouched.
     """
     attacker = model if attacker is None else attacker
     attack = registry.build("attacks", evaluation.attack)
@@ -70,17 +66,14 @@ def robust_accuracy(model: nn.Module, examples: Examples, evaluation: Evaluation
     attacker.eval()
     clean_total = robust_total = 0
     try:
-        for batch, start in enumerate(range(0, len(examples), evaluation.batch_size)):
-            x = examples.x[start : start + evaluation.batch_size].to(device)
-            y = examples.y[start : start + evaluation.batch_size].to(device)
-            clean = _correct(model, x, y)
-            x_adv = x.clone()
-            if clean.any():
-                x_adv[clean] = attack(attacker, x[clean], y[clean], evaluation.threat,
-                                      seed=batch_seed(evaluation.seed, batch))
-            evaluation.threat.check(x_adv, x)
-            clean_total += int(clean.sum())
-            robust_total += int((_correct(model, x_adv, y) & clean).sum())
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            for batch, start in enumerate(range(0, len(examples), evaluation.batch_size)):
+                torch.manual_seed(batch_seed(evaluation.seed, batch))
+                x = examples.x[start : start + evaluation.batch_size].to(device)
+                y = examples.y[start : start + evaluation.batch_size].to(device)
+                score = score_batch(model, attacker, attack, x, y, evaluation.threat)
+                clean_total += int(score.clean.sum())
+                robust_total += int(score.robust.sum())
     finally:
         for m, training in modes.items():
             m.training = training

@@ -21,7 +21,7 @@ from torch import nn
 from robench import registry
 from robench.checkpoint import CheckpointError, sha256_of
 from robench.data import Examples
-from robench.runner import environment
+from robench.env import environment
 from robench.spec import Spec, parse_spec
 from robench.train.augment import AUGMENTATIONS, default_augmentation
 from robench.train.card import model_card

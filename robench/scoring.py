@@ -1,0 +1,59 @@
+"""Scoring one batch as robench measures robust accuracy: attack only what is classified right, verify, re-score.
+
+Shared by the runner (every cell) and the training loop's per-epoch evaluation, so the two
+measure the same numbers (Madry et al. 2018's protocol with AutoAttack's checks at the boundary).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from robench.attack import Attack
+from robench.threat import ThreatModel
+
+
+@dataclass(frozen=True)
+class BatchScore:
+    """Outcomes of one batch: per-draw ``clean`` / ``robust`` correctness ``(draws, B)``, ``attacked`` ``(B,)``."""
+
+    clean: torch.Tensor
+    attacked: torch.Tensor
+    robust: torch.Tensor
+    adv_prediction: torch.Tensor
+    distance: torch.Tensor
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, draws: int = 1) -> torch.Tensor:
+    """Predicted classes of ``draws`` independent passes, shape ``(draws, B)``."""
+    return torch.stack([model(x).argmax(dim=1) for _ in range(draws)])
+
+
+def score_batch(
+    scorer: nn.Module,
+    attacker: nn.Module,
+    attack: Attack,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    *,
+    draws: int = 1,
+) -> BatchScore:
+    """Classify ``x`` ``draws`` times, attack the examples right in every draw, check and re-score them.
+
+    ``attacker`` is the module the attack differentiates, ``scorer`` the one whose predictions
+    count. The caller seeds the global generator; every adversarial example must lie in ``threat``.
+    """
+    clean = predict(scorer, x, draws) == y
+    attacked = clean.all(dim=0)
+    x_adv = x.clone()
+    if attacked.any():
+        x_adv[attacked] = attack(attacker, x[attacked], y[attacked], threat)
+    threat.check(x_adv, x)
+    adv_prediction = predict(scorer, x_adv, draws)
+    robust = (adv_prediction == y) & attacked
+    return BatchScore(clean, attacked, robust, adv_prediction, threat.distance(x_adv, x))
+
