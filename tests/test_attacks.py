@@ -228,7 +228,7 @@ def test_autoattack_rand_takes_the_plain_pipeline_not_an_eot_view():
                 threat=LINF8, n=8, eot=10, draws=5)
     normal = normalise(cell, resolver)
     assert normal.eot == 1 and normal.draws == 5
-    assert not isinstance(__import__("robench.runner").runner.attack_view(normal, resolver), EOT)
+    assert not isinstance(__import__("robench.views").views.attack_view(normal, resolver), EOT)
 
 
 def test_attacks_declare_a_supported_kind_and_norms():
@@ -250,5 +250,5 @@ def test_ssp_distorts_features_more_than_its_random_start():
     with torch.no_grad():
         moved = (features(x_adv) - features(x)).pow(2).mean()
         initial = (features(start) - features(x)).pow(2).mean()
-    assert moved > initial
+    assert moved > 2 * initial  # measured 3.6x
     assert (threat.violation(x_adv, x) <= 1e-6).all()

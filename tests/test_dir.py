@@ -279,7 +279,7 @@ def test_pretrain_loss_is_the_released_per_patch_mse_and_training_reduces_it(cif
         optimiser.step()
         losses.append(loss.item())
     with torch.no_grad():
-        assert d.pretrain_loss(x_adv, x, masks=perm).item() < losses[0]
+        assert d.pretrain_loss(x_adv, x, masks=perm).item() < 0.8 * losses[0]  # measured 0.20 vs 0.47
 
 
 # --- bad input and listing -----------------------------------------------------------------------------------

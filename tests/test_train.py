@@ -162,8 +162,8 @@ def test_fit_trains_any_module_with_its_own_loss_schedule_and_hook(tmp_path):
     assert [r["lr"] for r in history] == pytest.approx([0.1, 0.01, 0.001])
     assert calls == [False, False, False], "the hook runs once per epoch, in eval mode"
     assert all(r["train_acc"] is None for r in history)
-    assert history[-1]["val_mse"] < history[0]["val_mse"]
-    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["val_mse"] < 0.9 * history[0]["val_mse"]  # measured 0.19 vs 0.30
+    assert history[-1]["train_loss"] < 0.97 * history[0]["train_loss"]  # measured 0.21 vs 0.24
 
 
 def test_fit_stops_with_a_clear_error_when_the_loss_diverges(tmp_path):
