@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
-from robench.checks import FLAG_DOCS, derived_flags
+from robench.flags import FLAG_DOCS, derived_flags
 from robench.spec import Spec, format_fraction, parse_spec
 from robench.store import CellRecord, MissingRecord, Store
 
@@ -24,6 +24,13 @@ COLUMNS = [
     "defense", "model", "dataset", "threat", "setting", "attack", "clean_acc", "robust_acc", "n",
     "robust_ci_low", "robust_ci_high", "robust_draw_acc", "draws", "seed", "flags", "status", "device", "versions", "key", "reason",
 ]
+
+
+REPRODUCIBILITY = (
+    "The same command reproduces these numbers exactly on the same machine with the same versions. On "
+    "another CPU or GPU, or another torch / BLAS build, attack trajectories differ by floating-point "
+    "rounding: expect numbers within the 95% interval, not identical ones."
+)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -79,11 +86,21 @@ def _cell_row(record: CellRecord) -> dict:
         "robust_draw_acc": summary.get("robust_draw_acc", math.nan),
         "flags": ";".join(flags),
         "status": record.status,
-        "device": env.get("device", ""),
+        "device": machine_label(env),
         "versions": f"robench {env.get('robench', '?')}, torch {env.get('torch', '?')}",
         "key": record.key[:12],
         "reason": (record.error or "").splitlines()[0] if record.status == "error" and record.error else "",
     }
+
+
+def machine_label(env: dict) -> str:
+    """The device with the arithmetic behind it: GPU name, or CPU model with SIMD level, BLAS and threads."""
+    device = env.get("device", "")
+    if "cuda" in env:
+        return f"{device} (CUDA {env['cuda']})"
+    if "cpu" not in env:  # stored before robench recorded the machine
+        return device
+    return f"{device}: {env['cpu']}, {env['cpu_capability']}, {env['blas']}, {env['threads']} threads"
 
 
 def _missing_row(record: MissingRecord) -> dict:
@@ -164,7 +181,7 @@ def render_markdown(frame: pd.DataFrame, *, title: str, commands: list[str]) -> 
         lines += ["Produced by:", "", *[f"    {c}" for c in commands], ""]
     devices = sorted({d for d in frame["device"] if d})
     versions = sorted({v for v in frame["versions"] if v})
-    lines += [f"Device: {', '.join(devices) or '-'}; versions: {'; '.join(versions) or '-'}.", ""]
+    lines += [f"Device: {', '.join(devices) or '-'}; versions: {'; '.join(versions) or '-'}.", "", REPRODUCIBILITY, ""]
     lines.append(tabulate(shown, headers="keys", tablefmt="github", showindex=False))
     present = sorted({f for cell in frame["flags"] for f in str(cell).split(";") if f in FLAG_DOCS})
     if present:
