@@ -173,7 +173,10 @@ SLOW_GRID = [
 def _robench(args, store: Path, results: Path, **kwargs):
     command = [sys.executable, "-m", "robench.cli", "run", *SLOW_GRID, "--store", str(store), "--results",
                str(results), *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+    # A shell without job control starts background jobs with SIGINT ignored, and children inherit
+    # that; restore the default so Python turns Ctrl-C into KeyboardInterrupt wherever pytest runs.
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
 
 
 def _batches(store: Path) -> int:
