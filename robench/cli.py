@@ -13,18 +13,17 @@ import click
 from tabulate import tabulate
 
 from robench import registry
-from robench.grid import Benchmark, expand, load_benchmark
+from robench.grid import Benchmark, adhoc_name, expand, load_benchmark
 from robench.paper import PaperReportError, paper_folder, write_paper_report
 from robench.report import leaderboard, render_markdown, write_leaderboard
 from robench.resolve import ConfigError
 from robench.env import pick_device
 from robench.runner import run_grid
 from robench.spec import SpecError
-from robench.store import Store
+from robench.store import DEFAULT_RESULTS, Store, store_in
 from robench.train.command import train_command
 
-DEFAULT_STORE = Path("results") / "robench.sqlite"
-DEFAULT_RESULTS = Path("results")
+STORE_HELP = f"Result store (default: robench.sqlite in the results folder, {DEFAULT_RESULTS}/)."
 USAGE_ERRORS = (SpecError, ConfigError, registry.PluginError, FileNotFoundError)
 
 
@@ -85,8 +84,8 @@ def _first_sentence(text: str, width: int = 80) -> str:
 @click.option("--draws", type=int, help="Re-scoring draws for stochastic defenses.")
 @click.option("--eot", type=int, help="EOT draws in the adaptive view of stochastic defenses.")
 @click.option("--batch-size", type=int, help="Examples per batch.")
-@click.option("--name", help="Benchmark name for an ad-hoc grid (default: adhoc).")
-@click.option("--store", "store_path", type=click.Path(dir_okay=False), default=str(DEFAULT_STORE), show_default=True)
+@click.option("--name", help="Benchmark name for an ad-hoc grid (default: adhoc-<dataset>-<hash of its cells>).")
+@click.option("--store", "store_path", type=click.Path(dir_okay=False), help=STORE_HELP)
 @click.option("--results", "results_dir", type=click.Path(file_okay=False), default=str(DEFAULT_RESULTS), show_default=True)
 @click.option("--data-root", type=click.Path(file_okay=False), help="Folder with the datasets (or set ROBENCH_DATA).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
@@ -95,6 +94,7 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
                 restore_from, n, sample_seed, seed, draws, eot, batch_size, name, store_path, results_dir, data_root,
                 device, progress):
     """Run a registered BENCHMARK (or grid file), or an ad-hoc grid given by options."""
+    store_path = store_path or store_in(results_dir)
     if data_root:
         os.environ["ROBENCH_DATA"] = data_root
     scalars = {"dataset": dataset, "n": n, "sample_seed": sample_seed, "seed": seed, "draws": draws, "eot": eot,
@@ -106,9 +106,8 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
         if benchmark:
             grid = load_benchmark(benchmark, {**scalars, **{k: v for k, v in axes.items() if v}})
         else:  # an ad-hoc grid declares nothing that may be missing: every unknown name is an error
-            title = name or "adhoc"
-            grid = Benchmark(title, "", expand({**{k: v for k, v in axes.items() if v}, "name": title}, scalars,
-                                               where="command line"))
+            cells = expand({k: v for k, v in axes.items() if v}, scalars, where="command line")
+            grid = Benchmark(name or adhoc_name(cells), "", cells)
         title = grid.name  # a benchmark file may name itself
         torch_device = pick_device(device)
         with Store(store_path) as store:
@@ -130,10 +129,11 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
 
 @main.command("leaderboard")
 @click.argument("benchmarks", nargs=-1)
-@click.option("--store", "store_path", type=click.Path(dir_okay=False), default=str(DEFAULT_STORE), show_default=True)
+@click.option("--store", "store_path", type=click.Path(dir_okay=False), help=STORE_HELP)
 @click.option("--results", "results_dir", type=click.Path(file_okay=False), default=str(DEFAULT_RESULTS), show_default=True)
 def leaderboard_command(benchmarks, store_path, results_dir):
     """Regenerate leaderboards (all benchmarks in the store, or the named ones) from the store alone."""
+    store_path = store_path or store_in(results_dir)
     if not Path(store_path).is_file():
         raise click.UsageError(f"no store at {store_path}; run a benchmark first or pass --store PATH")
     with Store(store_path) as store:
@@ -150,12 +150,13 @@ def leaderboard_command(benchmarks, store_path, results_dir):
 @click.argument("paper")
 @click.option("--benchmark", "benchmarks", multiple=True,
               help="Use only this benchmark's cells (repeatable; default: every stored benchmark labelled for PAPER).")
-@click.option("--store", "store_path", type=click.Path(dir_okay=False), default=str(DEFAULT_STORE), show_default=True)
+@click.option("--store", "store_path", type=click.Path(dir_okay=False), help=STORE_HELP)
 @click.option("--results", "results_dir", type=click.Path(file_okay=False), default=str(DEFAULT_RESULTS), show_default=True)
 @click.option("--paper-dir", type=click.Path(file_okay=False, exists=True),
               help="Folder of the paper's table CSVs (default: the copy shipped with PAPER's benchmarks).")
 def report_command(paper, benchmarks, store_path, results_dir, paper_dir):
     """Write PAPER's tables (e.g. dir2023) in the paper's layout, robench's numbers beside the paper's."""
+    store_path = store_path or store_in(results_dir)
     if not Path(store_path).is_file():
         raise click.UsageError(f"no store at {store_path}; run the {paper} benchmarks first or pass --store PATH")
     try:
@@ -170,10 +171,11 @@ def report_command(paper, benchmarks, store_path, results_dir, paper_dir):
 
 @main.command("show")
 @click.argument("key")
-@click.option("--store", "store_path", type=click.Path(dir_okay=False), default=str(DEFAULT_STORE), show_default=True)
+@click.option("--store", "store_path", type=click.Path(dir_okay=False), help=STORE_HELP)
 @click.option("--examples/--no-examples", default=False, help="Also print the per-example outcomes.")
 def show_command(key, store_path, examples):
     """Show one stored cell (KEY or a unique prefix): spec, summary, flags, provenance."""
+    store_path = store_path or store_in(DEFAULT_RESULTS)
     with Store(store_path) as store:
         found = store.find_cells(key)
         if len(found) != 1:

@@ -20,7 +20,9 @@ A benchmark that reproduces a paper may also declare ``pending`` plugins and ``c
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -55,6 +57,14 @@ class Benchmark:
     cells: tuple[Cell, ...]
     labels: Mapping[Cell, tuple[dict, ...]] = field(default_factory=dict)
     expected: Expected = field(default_factory=Expected)
+
+
+def adhoc_name(cells: "tuple[Cell, ...] | list[Cell]") -> str:
+    """Name of an ad-hoc grid from its content: ``adhoc-<dataset>-<8 hex>``, the same for the same cells."""
+    canonical = sorted(json.dumps(cell.to_json(), sort_keys=True) for cell in cells)
+    digest = hashlib.sha256("\n".join(canonical).encode()).hexdigest()[:8]
+    datasets = sorted({str(cell.dataset).split(":")[0] for cell in cells})
+    return f"adhoc-{'-'.join(datasets)}-{digest}"
 
 
 def load_benchmark(name_or_path: str, overrides: dict[str, Any] | None = None) -> Benchmark:

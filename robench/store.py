@@ -14,6 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+DEFAULT_RESULTS = Path("robench-results")  # a user's runs; committed leaderboards are written with --results results
+STORE_NAME = "robench.sqlite"
+
+
+def store_in(results_dir: "str | Path") -> Path:
+    """The store kept beside a results folder's leaderboards."""
+    return Path(results_dir) / STORE_NAME
+
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id      INTEGER PRIMARY KEY AUTOINCREMENT,

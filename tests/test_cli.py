@@ -108,7 +108,24 @@ def test_show_prints_a_stored_cell(tmp_path):
     store = tmp_path / "s.sqlite"
     invoke("run", "--dataset", "synthetic", "--model", "tiny", "--defense", "none", "--attack", "fgsm", "--eps",
            "6/255", "-n", 8, "--no-progress", "--store", store, "--results", tmp_path / "r")
-    with open(tmp_path / "r" / "adhoc" / "leaderboard.csv") as handle:
+    (board,) = (tmp_path / "r").glob("adhoc-synthetic-*/leaderboard.csv")
+    with open(board) as handle:
         key = next(csv.DictReader(handle))["key"]
     shown = invoke("show", key, "--store", store)
     assert shown.exit_code == 0 and '"status": "done"' in shown.output and '"attack": "fgsm"' in shown.output
+
+
+def test_adhoc_grids_keep_their_own_leaderboards_in_the_default_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for attack in ("fgsm", "pgd:steps=2"):
+        result = invoke("run", "--dataset", "synthetic", "--model", "tiny", "--defense", "none", "--attack", attack,
+                        "--eps", "6/255", "-n", 8, "--no-progress")
+        assert result.exit_code == 0, result.output
+    boards = sorted((tmp_path / "robench-results").glob("adhoc-synthetic-*/leaderboard.csv"))
+    assert len(boards) == 2, "a second ad-hoc grid must not replace the first one's leaderboard"
+    assert (tmp_path / "robench-results" / "robench.sqlite").is_file()
+    again = invoke("run", "--dataset", "synthetic", "--model", "tiny", "--defense", "none", "--attack", "fgsm",
+                   "--eps", "6/255", "-n", 8, "--no-progress")
+    assert str(boards[0].parent.name) in again.output or str(boards[1].parent.name) in again.output
+    assert len(list((tmp_path / "robench-results").glob("adhoc-*"))) == 2, "the same grid keeps its name"
+    assert invoke("leaderboard").exit_code == 0

@@ -292,7 +292,8 @@ def test_cli_trains_and_robench_run_measures_the_same_accuracy(shared_data, tmp_
     assert command[:2] == ["robench", "run"]
     run = invoke(*command[1:], "--store", tmp_path / "s.sqlite", "--results", tmp_path / "results", "--no-progress")
     assert run.exit_code == 0, run.output
-    with open(tmp_path / "results" / "adhoc" / "leaderboard.csv") as handle:
+    (board,) = (tmp_path / "results").glob("adhoc-cifar10-*/leaderboard.csv")
+    with open(board) as handle:
         (row,) = list(csv.DictReader(handle))
     assert float(row["clean_acc"]) == pytest.approx(card["evaluation"]["clean_acc"])
     assert float(row["robust_acc"]) == pytest.approx(card["evaluation"]["robust_acc"])
