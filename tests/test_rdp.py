@@ -103,3 +103,72 @@ def test_reconstruction_branch_and_discriminator_take_any_size():
         x = images(size)
         assert reconstruction(x, purifier.encode(x)).shape == x.shape
         assert discriminator(x).shape == (2,)
+
+
+def _nets(seed: int = 0):
+    from robench.defenses.rdp.networks import Discriminator, PurifierNet, ReconstructionNet
+
+    torch.manual_seed(seed)
+    features = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).requires_grad_(False)
+    return features, PurifierNet(width=8, blocks=1), ReconstructionNet(width=8, blocks=1), Discriminator(width=4)
+
+
+def test_each_loss_term_is_its_hand_computation():
+    from robench.defenses.rdp.losses import Weights, discriminator_loss, purifier_loss, reconstruction_loss
+
+    features, purifier, reconstruction, discriminator = _nets()
+    x, x_adv = images(32, batch=3, seed=1), images(32, batch=3, seed=2)
+    weights = Weights(pixel=0.3, latent=0.2, adversarial=0.5, reconstruction_pixel=0.7)
+    terms, purified, latent = purifier_loss(features, discriminator, purifier, x, x_adv, weights)
+    p = purifier(x_adv)
+    assert torch.allclose(purified, p)
+    assert terms["feature"].item() == pytest.approx((features(p) - features(x)).abs().mean().item(), rel=1e-5)
+    assert terms["pixel"].item() == pytest.approx((p - x).abs().mean().item(), rel=1e-5)
+    assert terms["latent"].item() == pytest.approx(
+        (purifier.encode(x_adv) - purifier.encode(x)).abs().mean().item(), rel=1e-5)
+    eq5 = -torch.log(torch.sigmoid(discriminator(p) - discriminator(x))).mean()
+    assert terms["adversarial"].item() == pytest.approx(eq5.item(), rel=1e-5)
+    eq6 = terms["feature"] + 0.3 * terms["pixel"] + 0.2 * terms["latent"] + 0.5 * terms["adversarial"]
+    assert terms["total"].item() == pytest.approx(eq6.item(), rel=1e-6)
+
+    rebuilt = reconstruction(x_adv, latent)
+    r_terms = reconstruction_loss(features, reconstruction, x_adv, latent, weights)
+    assert r_terms["feature"].item() == pytest.approx(
+        (features(rebuilt) - features(x_adv)).abs().mean().item(), rel=1e-5)
+    assert r_terms["pixel"].item() == pytest.approx((rebuilt - x_adv).abs().mean().item(), rel=1e-5)
+    assert r_terms["total"].item() == pytest.approx((r_terms["feature"] + 0.7 * r_terms["pixel"]).item(), rel=1e-6)
+
+    d_loss = -torch.log(torch.sigmoid(discriminator(x) - discriminator(p))).mean()
+    assert discriminator_loss(discriminator, x, purified).item() == pytest.approx(d_loss.item(), rel=1e-5)
+
+
+def test_reconstruction_loss_trains_r_only():
+    from robench.defenses.rdp.losses import purifier_loss, reconstruction_loss
+
+    features, purifier, reconstruction, discriminator = _nets()
+    x, x_adv = images(32, seed=1), images(32, seed=2)
+    _, _, latent = purifier_loss(features, discriminator, purifier, x, x_adv)
+    reconstruction_loss(features, reconstruction, x_adv, latent)["total"].backward()
+    assert all(p.grad is None for p in purifier.parameters())
+    assert all(p.grad is not None for p in reconstruction.parameters())
+
+
+def test_one_step_lowers_l_p_and_the_discriminator_step_raises_its_margin():
+    from robench.defenses.rdp.losses import discriminator_loss, purifier_loss
+
+    features, purifier, _, discriminator = _nets()
+    x, x_adv = images(32, batch=4, seed=1), images(32, batch=4, seed=2)
+    optimiser = torch.optim.SGD(purifier.parameters(), lr=1e-2)
+    before, purified, _ = purifier_loss(features, discriminator, purifier, x, x_adv)
+    before["total"].backward()
+    optimiser.step()
+    after, _, _ = purifier_loss(features, discriminator, purifier, x, x_adv)
+    assert after["total"].item() < before["total"].item() - 1e-4
+
+    d_optimiser = torch.optim.Adam(discriminator.parameters(), lr=1e-2)
+    margin_before = (discriminator(x) - discriminator(purified)).mean().item()
+    d_optimiser.zero_grad()
+    discriminator_loss(discriminator, x, purified).backward()
+    d_optimiser.step()
+    margin_after = (discriminator(x) - discriminator(purified)).mean().item()
+    assert margin_after > margin_before + 1e-4
