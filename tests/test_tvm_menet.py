@@ -340,3 +340,19 @@ def test_cifar10_resnet18_oblivious_pgd_is_blunted_by_both_defenses():
     # reconstructions is near chance, clean or attacked (ME-Net trains its classifier on them).
     assert acc["me-net"][1] >= acc["none"][1]
     assert acc["me-net"][0] < 0.5
+
+
+def test_tvm_border_released_divides_a_dropped_border_pixel_by_four_as_guo_et_al_solver():
+    image = torch.ones(1, 1, 6, 6)
+    keep = torch.ones_like(image, dtype=torch.bool)
+    keep[0, 0, 0, 0] = False  # a dropped corner pixel: 2 neighbours
+    keep[0, 0, 3, 3] = False  # a dropped interior pixel: 4 neighbours
+    observed = image * keep
+    exact = tv_bregman(observed, keep, fidelity=1 / 0.03, max_iter=50, tol=0)
+    released = tv_bregman(observed, keep, fidelity=1 / 0.03, max_iter=50, tol=0, border="released")
+    assert exact[0, 0, 0, 0].item() == pytest.approx(1, abs=0.05), "the exact solver averages the 2 neighbours"
+    assert released[0, 0, 0, 0].item() < 0.5, "the released solver divides their sum by 4, darkening the corner"
+    assert exact[0, 0, 3, 3].item() == pytest.approx(released[0, 0, 3, 3].item(), abs=1e-3), "interior is unchanged"
+    assert str(registry.build("defenses", "tvm:border=released").border) == "released"
+    with pytest.raises(ValueError, match="border"):
+        TVM(border="reflect")
