@@ -23,6 +23,7 @@ from robench.threat import ThreatModel
 
 DIR2023 = ["dir2023-table1", "dir2023-table2", "dir2023-table3", "dir2023-table4", "dir2023-table5",
            "dir2023-ablations", "dir2023-adaptive"]
+RDP2022_TABLES = ["rdp2022-table1", "rdp2022-table2", "rdp2022-table3", "rdp2022-table4"]
 PGD = "pgd:steps=3,step_size=2/255"
 
 
@@ -184,11 +185,11 @@ def test_model_cards_of_the_checkpoints_used_are_in_the_header(tmp_path, monkeyp
     assert "describes another file" in paper._model_cards([record])[0]
 
 
-@pytest.mark.parametrize("name", DIR2023)
-def test_every_dir2023_benchmark_loads_expands_and_labels_printed_numbers(name):
+@pytest.mark.parametrize("paper_name, name", [("dir2023", n) for n in DIR2023] + [("rdp2022", n) for n in RDP2022_TABLES])
+def test_every_paper_benchmark_loads_expands_and_labels_printed_numbers(paper_name, name):
     grid = load_benchmark(name)
     assert grid.cells and grid.labels and grid.name == name
-    tables = read_paper_tables(paper_folder("dir2023"), {
+    tables = read_paper_tables(paper_folder(paper_name), {
         label["table"]: set(label.get("row", {})) for labels in grid.labels.values() for label in labels
     })
     for table in {label["table"] for labels in grid.labels.values() for label in labels}:
@@ -210,5 +211,27 @@ def test_dir2023_entry_points_resolve_and_ship_the_paper_tables():
     assert shipped == ["dir_ablation_mask_ratio.csv", "dir_table1_whitebox.csv", "dir_table2_transfer_to_trades_mart.csv",
                        "dir_table3_adaptive_bpda_eot.csv", "dir_table4_natural_target_and_time.csv",
                        "dir_table5_denoiser_depth.csv", "dir_text_results.csv"]
-    with pytest.raises(PaperReportError, match="ships them for: dir2023"):
+    with pytest.raises(PaperReportError, match="ships them for: dir2023, rdp2022"):
         paper_folder("rdp2099")
+
+
+def test_rdp2022_covers_every_printed_number_of_tables_1_to_4_except_averages():
+    tables = read_paper_tables(paper_folder("rdp2022"), {"rdp_table1_error_rates": {"source_model", "Defense"},
+                                                          "rdp_table4_whitebox_targeted_pgd10": {"Defense"}})
+    claimed: dict[str, set] = {}
+    for name in RDP2022_TABLES:
+        grid = load_benchmark(name)
+        for labels in grid.labels.values():
+            for label in labels:
+                for metric in ("robust", "clean"):
+                    if metric in label:
+                        claimed.setdefault(label["table"], set()).add((tuple(sorted(label["row"].items())), label[metric]))
+    for table in ("rdp_table1_error_rates", "rdp_table2_clean_accuracy", "rdp_table3_bpda_tidim",
+                  "rdp_table4_whitebox_targeted_pgd10"):
+        unclaimed = [(row, column) for row in tables[table].rows for column in tables[table].values
+                     if column != "Average" and not any(
+                         column == claimed_column and set(items) <= set(row.items())
+                         for items, claimed_column in claimed[table])]
+        assert not unclaimed, f"{table}: unclaimed {unclaimed[:3]}"
+    sweep = load_benchmark("rdp2022-sweep")
+    assert sorted({round(c.threat.eps * 255) for c in sweep.cells}) == [1, 2, 4, 8, 12, 16]
