@@ -4,37 +4,25 @@ Zhou et al., "Eliminating Adversarial Noise via Information Discard and Robust R
 Restoration", ICML 2023 (specs A1). The ``dir`` defense names this module as its ``trainer``;
 ``robench train dir --model DIR_SPEC --target MODEL_SPEC --dataset D`` plans a run with
 :meth:`DIRTraining.plan` (every bad input fails there) and trains it with :meth:`DIRTraining.run`,
-both phases on the shared loop :func:`robench.train.fit`.
+both from the trainer base :class:`robench.train.DefenseTrainer`; this module adds DIR's losses,
+its two phases and their schedules.
 """
 
 from __future__ import annotations
-
-import shlex
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robench import registry
-from robench.checkpoint import CheckpointError, sha256_of
-from robench.data import Examples
 from robench.defenses.dir import DIR, IMAGE_SHAPE
 from robench.hyper import check_positive, check_positive_int
-from robench.env import environment
-from robench.spec import Spec, format_fraction, parse_eps
-from robench.target import EOT, Pipeline
+from robench.spec import Spec, parse_eps
+from robench.target import Pipeline
 from robench.threat import ThreatModel
-from robench.train.augment import AUGMENTATIONS, default_augmentation
-from robench.train.card import CARD_FORMAT
-from robench.train.evaluate import Evaluation, robust_accuracy
-from robench.train.files import save_json, save_torch
 from robench.train.inner import NORMAL_START_STD, evaluating, perturb
-from robench.train.loop import Runtime, Schedule, StepResult, TrainingError, fit
-from robench.train.recipes import Recipe, build_recipe
-from robench.train.targets import CHECKPOINT_DIR, _build, _check_fits, _check_writable, _load, _spec
+from robench.train.loop import Schedule, StepResult, TrainingError
+from robench.train.recipes import Recipe
+from robench.train.trainer import DefenseTrainer, Phase
 
 GRADIENT_PATHS = ("both", "released")
 # EOT draws of the per-epoch white-box attack: the dir2023 benchmarks' value, so the card's final
@@ -192,239 +180,42 @@ def rep_loss(logits_perturbed: torch.Tensor, p_clean: torch.Tensor) -> torch.Ten
     return F.kl_div(F.log_softmax(logits_perturbed.float(), dim=1), p_clean, reduction="sum") / len(p_clean)
 
 
-@dataclass
-class DIRTraining:
-    """A checked ``robench train dir`` run: recipe, denoiser and target (built), data (loaded), schedules, outputs.
+class DIRTraining(DefenseTrainer):
+    """A checked ``robench train dir`` run: the denoiser trained in front of a fixed target, in two phases.
 
-    Build it with :meth:`plan`, train it with :meth:`run`. Pre-training uses the main schedule's
-    SGD settings (batch, lr, momentum, weight decay) for ``pretrain_epochs`` epochs without lr
-    decay: [CHOICE] the paper names one optimiser (SGD, lr 1e-2) and none for pre-training; the
-    released AdamW/cosine MAE recipe is not implemented. Each phase has its own resume file
-    (``<stem>.pretrain.resume.pt``, ``<stem>.resume.pt``), so a rerun resumes at the phase and
-    epoch where it stopped; phase 1 is seeded with ``seed``, phase 2 with ``seed + 1``.
+    Build it with :meth:`plan`, train it with :meth:`run` (both from :class:`DefenseTrainer`).
+    Pre-training uses the main schedule's SGD settings (batch, lr, momentum, weight decay) for
+    ``pretrain_epochs`` epochs without lr decay: [CHOICE] the paper names one optimiser (SGD, lr
+    1e-2) and none for pre-training; the released AdamW/cosine MAE recipe is not implemented. Each
+    phase has its own resume file (``<stem>.pretrain.resume.pt``, ``<stem>.resume.pt``), so a rerun
+    resumes at the phase and epoch where it stopped; phase 1 is seeded with ``seed``, phase 2 with
+    ``seed + 1``. Evaluation attacks use ``EVAL_EOT`` draws unless ``--eval-eot`` says otherwise.
     """
 
-    recipe: DIRRecipe
-    defense_spec: Spec
-    target_spec: Spec
-    dataset_spec: Spec
-    denoiser: DIR
-    target: nn.Module
-    train: Examples
-    held_out: Examples | None
-    split: str
-    sample_seed: int | None
-    schedule: Schedule
-    augment: str
-    seed: int
-    evaluation: Evaluation
-    eval_eot: int
-    output: Path
+    trains = DIR
+    recipe_class = DIRRecipe
+    default_eval_eot = EVAL_EOT
+
+    @property
+    def denoiser(self) -> DIR:
+        return self.module
 
     @classmethod
-    def plan(
-        cls,
-        recipe: "str | Spec",
-        *,
-        model: "str | Spec",
-        target: "str | Spec | None",
-        dataset: "str | Spec",
-        output: "str | Path | None" = None,
-        split: str = "train",
-        n: int | None = None,
-        sample_seed: int | None = None,
-        seed: int = 0,
-        augment: str | None = None,
-        evaluation: Evaluation = Evaluation(),
-        eval_eot: int | None = None,
-        **schedule: object,
-    ) -> "DIRTraining":
-        """Build and check a DIR training run; every bad input fails here, before any epoch (DIR, ICML 2023).
-
-        Args:
-            recipe: ``dir`` with :class:`DIRRecipe` options, e.g. ``dir:alpha=1``.
-            model: the denoiser's defense spec (``dir``, ``dir:mask_ratio=0.3``; ``weights=`` starts from a checkpoint).
-            target: the fixed classifier's model spec, e.g. ``resnet18:weights=checkpoints/resnet18-at-cifar10.pt``.
-            dataset: dataset spec of 3x32x32 images; ``split`` is trained on, ``evaluation.split`` held out.
-            output: checkpoint path (default ``checkpoints/dir-<dataset>.pt``).
-            n, sample_seed: the training subset (all of the split, the first n, or a seeded sample).
-            seed: seeds shuffling, augmentation, masks and attacks (the denoiser's init is its ``init_seed``).
-            augment: ``crop-flip``, ``crop`` or ``none`` (default by dataset), both phases.
-            evaluation: the per-epoch held-out measurement of ``target(dir(x))``.
-            eval_eot: EOT draws of its attack (default 10, as the dir2023 benchmarks).
-            schedule: overrides of the main phase's :class:`Schedule` (epochs, batch_size, lr, ...).
-        """
-        recipe = build_recipe(recipe, recipes={DIRRecipe.name: DIRRecipe})
-        if target is None:
-            raise TrainingError(
-                "robench train dir needs --target MODEL_SPEC, the fixed classifier the denoiser is trained in front "
-                "of, e.g. --target resnet18:weights=checkpoints/resnet18-at-cifar10.pt (from robench train at)"
-            )
-        plan_schedule = recipe.schedule.with_overrides(**schedule)
-        defense_spec, target_spec = _spec(model, "model"), _spec(target, "target")
-        dataset_spec = _spec(dataset, "dataset")
-        try:
-            defense_class = registry.load("defenses", defense_spec.name)
-        except registry.PluginError as err:
-            raise TrainingError(f"--model {defense_spec}: {err}") from None
-        if not issubclass(defense_class, DIR):
-            raise TrainingError(f"robench train dir trains the dir denoiser; --model must be a dir spec "
-                                f"(e.g. dir or dir:mask_ratio=0.3), got {str(defense_spec)!r}")
-        eval_eot = EVAL_EOT if eval_eot is None else eval_eot
-        if isinstance(eval_eot, bool) or not isinstance(eval_eot, int) or eval_eot < 1:
-            raise TrainingError(f"--eval-eot must be a positive integer, got {eval_eot!r}")
-        output = Path(output) if output else CHECKPOINT_DIR / f"dir-{dataset_spec.name}.pt"
-        _check_writable(output)
-        augment = augment or default_augmentation(dataset_spec.name)
-        if augment not in AUGMENTATIONS:
-            raise TrainingError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
-        data = _build("datasets", dataset_spec)
+    def check_data(cls, data, dataset_spec: Spec) -> None:
         if tuple(data.image_shape) != IMAGE_SHAPE:
             raise TrainingError(f"DIR restores 3x32x32 images, but {str(dataset_spec)!r} images are "
                                 f"{tuple(data.image_shape)}; train it on CIFAR-10 or SVHN")
-        train = _load(data, dataset_spec, split, n, sample_seed)
-        held_out = None
-        if evaluation.n:
-            held_out = _load(data, dataset_spec, evaluation.split, evaluation.n, None)
-            _build("attacks", evaluation.attack)
-        denoiser = _build("defenses", defense_spec)
-        classifier = _build("models", target_spec)
-        _check_fits(classifier, target_spec, data, dataset_spec)
-        if not getattr(classifier, "checkpoints", None):
-            raise TrainingError(
-                f"target {str(target_spec)!r} loads no trained weights; DIR trains in front of a trained, fixed "
-                "classifier: give its checkpoint, e.g. resnet18:weights=checkpoints/resnet18-at-cifar10.pt"
-            )
-        classifier.eval().requires_grad_(False)  # fixed: never in train mode, never updated
-        return cls(recipe, defense_spec, target_spec, dataset_spec, denoiser, classifier, train, held_out, split,
-                   sample_seed, plan_schedule, augment, seed, evaluation, eval_eot, output)
 
-    @property
-    def pretrain_schedule(self) -> Schedule | None:
-        """Phase 1's schedule (None when ``pretrain_epochs=0``): the main SGD settings, no lr decay."""
-        if not self.recipe.pretrain_epochs:
-            return None
-        return self.schedule.with_overrides(epochs=self.recipe.pretrain_epochs, milestones=())
-
-    @property
-    def card_path(self) -> Path:
-        return self.output.with_suffix(".json")
-
-    @property
-    def resume_path(self) -> Path:
-        """Phase 2's resume file (the one ``robench train`` names when interrupted)."""
-        return self.output.with_suffix(".resume.pt")
-
-    @property
-    def pretrain_resume_path(self) -> Path:
-        return self.output.with_suffix(".pretrain.resume.pt")
-
-    @property
-    def usable(self) -> Spec:
-        """The defense spec that loads the trained checkpoint."""
-        return Spec.of(self.defense_spec.name, **{**self.defense_spec.options, "weights": str(self.output)})
-
-    def config(self, phase: str, runtime: Runtime) -> dict:
-        """Everything that determines a phase's weights except its number of epochs (the resume file's identity)."""
-        schedule = self.pretrain_schedule if phase == "pretrain" else self.schedule
-        config = {
-            "phase": phase,
-            "defense": str(self.defense_spec),
-            "target": {"spec": str(self.target_spec), "checkpoints": dict(getattr(self.target, "checkpoints", {}))},
-            "data": {"dataset": str(self.dataset_spec), "split": self.split, "n": len(self.train),
-                     "sample_seed": self.sample_seed, "fingerprint": self.train.fingerprint()},
-            "schedule": {k: v for k, v in schedule.to_json().items() if k != "epochs"},
-            "augment": self.augment,
-            "seed": self.seed,
-            "autocast": runtime.autocast,
-            "channels_last": runtime.channels_last,
-        }
-        if phase == "pretrain":
-            config["attack"] = {"eps": self.recipe.eps, "step_size": self.recipe.step_size, "steps": self.recipe.steps}
-        else:
-            config["recipe"] = str(self.recipe.spec)
-        return config
-
-    def evaluation_command(self) -> str:
-        """The ``robench run`` command that measures the card's clean and robust accuracy the same way."""
-        ev = self.evaluation
-        dataset, model, defense, attack = (shlex.quote(str(spec)) for spec in
-                                           (self.dataset_spec, self.target_spec, self.usable, ev.attack))
-        return (f"robench run --dataset {dataset} --model {model} --defense {defense} --attack {attack} "
-                f"--norm {ev.threat.norm} --eps {format_fraction(ev.threat.eps)} -n {ev.n} --seed {ev.seed} "
-                f"--batch-size {ev.batch_size} --eot {self.eval_eot} --draws 1")
-
-    def run(self, *, runtime: Runtime = Runtime(), command: str = "") -> dict:
-        """Pre-train, then train the denoiser (resuming either phase), write checkpoint and card; returns the card."""
-        began = time.perf_counter()
-        denoiser, target, recipe = self.denoiser, self.target, self.recipe
-        target.to(runtime.device)
-        if runtime.channels_last:
-            target.to(memory_format=torch.channels_last)
-        evaluate = None
-        if self.held_out is not None:
-            pipeline = Pipeline(target, denoiser)
-            attacker = EOT(pipeline, self.eval_eot) if self.eval_eot > 1 else pipeline
-
-            def evaluate() -> dict:
-                return robust_accuracy(pipeline, self.held_out, self.evaluation, runtime.device, attacker=attacker)
-
-        common = dict(augment=self.augment, evaluate=evaluate, runtime=runtime)
-        pretrain_history = []
-        if self.pretrain_schedule is not None:
-            pretrain_history = fit(
-                denoiser, lambda x, y, generator: recipe.pretrain_loss(denoiser, target, x, y, generator),
-                self.train.x, self.train.y, schedule=self.pretrain_schedule, seed=self.seed,
-                resume_path=self.pretrain_resume_path, config=self.config("pretrain", runtime), **common,
-            )
-        history = fit(
-            denoiser, lambda x, y, generator: recipe.loss(denoiser, target, x, y, generator),
-            self.train.x, self.train.y, schedule=self.schedule, seed=self.seed + 1,
-            resume_path=self.resume_path, config=self.config("main", runtime), **common,
-        )
-        state = {k: v.detach().cpu().contiguous() for k, v in denoiser.state_dict().items()}
-        save_torch(state, self.output)
-        sha256 = sha256_of(self.output)
-        reloaded = registry.build("defenses", self.usable).state_dict()
-        if reloaded.keys() != state.keys() or any(not torch.equal(reloaded[k], state[k]) for k in state):
-            raise CheckpointError(f"{self.usable} does not load the trained weights back")
-        card = self._card(pretrain_history, history, sha256, runtime, time.perf_counter() - began, command)
-        save_json(card, self.card_path)
-        return card
-
-    def _card(self, pretrain_history, history, sha256, runtime, wall_s, command) -> dict:
-        final = history[-1] if history else {}
-        evaluation = None
-        if self.held_out is not None:
-            evaluation = {**self.evaluation.to_json(), "eot": self.eval_eot, "draws": 1,
-                          "dataset": str(self.dataset_spec), "pipeline": f"{self.target_spec} behind {self.usable}",
-                          "clean_acc": final.get("clean_acc"), "robust_acc": final.get("robust_acc"),
-                          "command": self.evaluation_command()}
-        environment_ = environment(runtime.device)
-        histories = {"pretrain": pretrain_history, "main": history}
-        return {
-            "format": CARD_FORMAT,
-            "checkpoint": {"file": self.output.name, "sha256": sha256, "bytes": self.output.stat().st_size},
-            "defense": str(self.usable),
-            "architecture": str(self.defense_spec),
-            "recipe": {"name": self.recipe.name, "spec": str(self.recipe.spec),
-                       "hyperparameters": self.recipe.hyperparameters},
-            "target": {"spec": str(self.target_spec), "checkpoints": dict(getattr(self.target, "checkpoints", {}))},
-            "schedule": {"pretrain": None if self.pretrain_schedule is None else self.pretrain_schedule.to_json(),
-                         "main": self.schedule.to_json()},
-            "augment": self.augment,
-            "data": {"dataset": str(self.dataset_spec), "split": self.split, "n": len(self.train),
-                     "sample_seed": self.sample_seed, "first_id": self.train.ids[0], "last_id": self.train.ids[-1],
-                     "fingerprint": self.train.fingerprint()},
-            "seed": self.seed,
-            "epochs": {phase: len(records) for phase, records in histories.items()},
-            "evaluation": evaluation,
-            "history": histories,
-            "training_s": round(sum(r["seconds"] for records in histories.values() for r in records), 3),
-            "wall_s": round(wall_s, 3),
-            "device": environment_["device"],
-            "autocast": runtime.autocast,
-            "channels_last": runtime.channels_last,
-            "versions": {k: v for k, v in environment_.items() if k != "device"},
-            "command": command or None,
-        }
+    def phases(self) -> list[Phase]:
+        """Pre-training (Eq. 2; skipped when ``pretrain_epochs=0``), then main training (Algorithm 1)."""
+        recipe, denoiser, target = self.recipe, self.module, self.target
+        pretrain = None
+        if recipe.pretrain_epochs:
+            pretrain = self.schedule.with_overrides(epochs=recipe.pretrain_epochs, milestones=())
+        return [
+            Phase("pretrain", pretrain, lambda x, y, generator: recipe.pretrain_loss(denoiser, target, x, y, generator),
+                  seed=self.seed,
+                  config={"attack": {"eps": recipe.eps, "step_size": recipe.step_size, "steps": recipe.steps}}),
+            Phase("main", self.schedule, lambda x, y, generator: recipe.loss(denoiser, target, x, y, generator),
+                  seed=self.seed + 1, config={"recipe": str(recipe.spec)}),
+        ]
