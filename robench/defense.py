@@ -17,12 +17,18 @@ class Defense(nn.Module):
 
     * ``stochastic``: the output differs between two calls on the same input (EOT applies);
     * ``differentiable``: ``False`` makes attacks see the gradient of :meth:`surrogate` (BPDA);
-    * ``version``: bump when outputs change, so cached results are recomputed.
+    * ``version``: bump when outputs change, so cached results are recomputed;
+    * ``needs_training``: a learned defense, meaningless without trained weights (``weights=``);
+    * ``trainer``: how ``robench train NAME`` trains it: a
+      :class:`~robench.train.trainer.DefenseTrainer` subclass, or its import path
+      ``"module:Class"`` (so listing plugins imports no training code).
     """
 
     stochastic: bool = False
     differentiable: bool = True
     version: str = "1"
+    needs_training: bool = False
+    trainer: "type | str | None" = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Purify a batch ``(B, C, H, W)`` of images in [0, 1]."""

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from robench import registry
 from robench.cli import main
-from robench.defenses.dir_training import DIRRecipe, DIRTraining, rep_loss
+from robench.defenses.dir.trainer import DIRRecipe, DIRTraining, rep_loss
 from robench.models import small_cnn
 from robench.spec import parse_spec
 from robench.target import Pipeline

@@ -1,7 +1,7 @@
-"""Training: the shared loop (:func:`fit`) and the target-model recipes behind ``robench train``.
+"""Training: the shared loop (:func:`fit`), the target-model recipes and the learned-defense trainer base.
 
-A learned defense's trainer reuses :func:`fit` with its own module and per-batch loss, the
-inner maximisation :func:`perturb`, and :func:`robust_accuracy` as its evaluation hook.
+A learned defense's trainer subclasses :class:`DefenseTrainer` and adds only its losses (a
+:class:`Recipe`) and its phases (:class:`Phase`); the base owns checks, paths, resume, checkpoint and card.
 """
 
 from robench.train.evaluate import Evaluation, robust_accuracy
@@ -9,8 +9,9 @@ from robench.train.inner import evaluating, perturb
 from robench.train.loop import Runtime, Schedule, StepResult, TrainingError, fit
 from robench.train.recipes import RECIPES, Recipe, build_recipe
 from robench.train.targets import TrainingPlan, plan_training, train_target
+from robench.train.trainer import DefenseTrainer, Phase
 
 __all__ = [
-    "Evaluation", "RECIPES", "Recipe", "Runtime", "Schedule", "StepResult", "TrainingError", "TrainingPlan",
-    "build_recipe", "evaluating", "fit", "perturb", "plan_training", "robust_accuracy", "train_target",
+    "DefenseTrainer", "Evaluation", "Phase", "RECIPES", "Recipe", "Runtime", "Schedule", "StepResult",
+    "TrainingError", "TrainingPlan", "build_recipe", "evaluating", "fit", "perturb", "plan_training", "robust_accuracy", "train_target",
 ]

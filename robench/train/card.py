@@ -2,56 +2,62 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from robench.data import Examples
 from robench.spec import Spec
 from robench.train.loop import Runtime
 
 CARD_FORMAT = "robench-model-card/1"
 
 
+def data_entry(dataset: Spec, split: str, examples: Examples, sample_seed: int | None) -> dict:
+    """The card's (and resume file's) description of the training data: which images, exactly."""
+    return {"dataset": str(dataset), "split": split, "n": len(examples), "sample_seed": sample_seed,
+            "first_id": examples.ids[0], "last_id": examples.ids[-1], "fingerprint": examples.fingerprint()}
+
+
 def model_card(
-    plan,  # a robench.train.targets.TrainingPlan
     *,
-    history: list[dict],
+    output: Path,
     sha256: str,
-    usable: Spec,
+    architecture: Spec,
+    recipe,
+    augment: str,
+    data: dict,
+    seed: int,
+    records: list[dict],
     runtime: Runtime,
     environment: dict,
     wall_s: float,
     command: str,
+    **entries,
 ) -> dict:
-    """The model card of a finished run: recipe, data, schedule, final accuracy, checkpoint identity (robench)."""
-    final = history[-1] if history else {}
-    evaluation = None
-    if plan.held_out is not None:
-        evaluation = {
-            **plan.evaluation.to_json(),
-            "dataset": str(plan.dataset_spec),
-            "fingerprint": plan.held_out.fingerprint(),
-            "clean_acc": final.get("clean_acc"),
-            "robust_acc": final.get("robust_acc"),
-            "command": plan.evaluation.command(plan.dataset_spec, usable),
-        }
+    """The card of a finished run from plain fields; ``entries`` are the trainer's own (model, schedule, history...).
+
+    Args:
+        output, sha256: the checkpoint written.
+        architecture: the spec that built the trained module.
+        recipe: the training objective (``name``, ``spec``, ``hyperparameters``).
+        augment, data, seed: the training data and its randomness (``data`` from :func:`data_entry`).
+        records: every epoch's history record of every phase (their seconds sum to ``training_s``).
+        runtime, environment: where it ran (:func:`robench.env.environment`).
+        wall_s: seconds from start to card; command: the command line (None when empty).
+    """
     return {
         "format": CARD_FORMAT,
-        "checkpoint": {"file": plan.output.name, "sha256": sha256, "bytes": plan.output.stat().st_size},
-        "model": str(usable),
-        "architecture": str(plan.model_spec),
-        "recipe": {"name": plan.recipe.name, "spec": str(plan.recipe.spec),
-                   "hyperparameters": plan.recipe.hyperparameters},
-        "schedule": plan.schedule.to_json(),
-        "augment": plan.augment,
-        "data": {"dataset": str(plan.dataset_spec), "split": plan.split, "n": len(plan.train),
-                 "sample_seed": plan.sample_seed, "first_id": plan.train.ids[0], "last_id": plan.train.ids[-1],
-                 "fingerprint": plan.train.fingerprint()},
-        "seed": plan.seed,
-        "epochs": len(history),
-        "evaluation": evaluation,
-        "history": history,
-        "training_s": round(sum(record["seconds"] for record in history), 3),
+        "checkpoint": {"file": output.name, "sha256": sha256, "bytes": output.stat().st_size},
+        "architecture": str(architecture),
+        "recipe": {"name": recipe.name, "spec": str(recipe.spec), "hyperparameters": recipe.hyperparameters},
+        "augment": augment,
+        "data": data,
+        "seed": seed,
+        "training_s": round(sum(record["seconds"] for record in records), 3),
         "wall_s": round(wall_s, 3),
         "device": environment["device"],
         "autocast": runtime.autocast,
         "channels_last": runtime.channels_last,
         "versions": {k: v for k, v in environment.items() if k != "device"},
         "command": command or None,
+        **entries,
     }

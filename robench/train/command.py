@@ -1,9 +1,8 @@
 """``robench train NAME``: a thin click front end over :mod:`robench.train.targets` and learned defenses' trainers.
 
 NAME is a target-model recipe (:data:`~robench.train.recipes.RECIPES`) or a registered defense
-whose class declares ``trainer = "module:attribute"``: an object with ``plan(spec, *, model,
-target, dataset, output, split, n, sample_seed, seed, augment, evaluation, eval_eot, **schedule)``
-returning a checked run (``output``, ``card_path``, ``resume_path``) whose ``run(runtime=,
+whose class declares ``trainer``: a :class:`~robench.train.trainer.DefenseTrainer` subclass or
+its import path ``"module:Class"``, whose ``plan(...)`` checks a run and whose ``run(runtime=,
 command=)`` trains it and returns its model card (with the ``defense`` spec that loads it).
 """
 
@@ -44,15 +43,17 @@ def defense_trainer(name: str):
     """The trainer a learned defense's class declares in ``trainer`` (DESIGN 4), or None when NAME is no defense."""
     if name in RECIPES or name not in registry.names("defenses"):
         return None
-    path = getattr(registry.load("defenses", name), "trainer", None)
-    if not path:
+    declared = getattr(registry.load("defenses", name), "trainer", None)
+    if not declared:
         raise TrainingError(f"defense {name!r} declares no trainer; robench train runs the recipes "
                             f"{', '.join(RECIPES)} and the trainers of learned defenses that declare one")
-    module, _, attribute = path.partition(":")
+    if not isinstance(declared, str):
+        return declared
+    module, _, attribute = declared.partition(":")
     try:
         return getattr(import_module(module), attribute)
-    except (ImportError, AttributeError) as err:
-        raise TrainingError(f"defense {name!r} names the trainer {path!r}, which failed to load: {err!r}") from None
+    except (ImportError, AttributeError, ValueError) as err:
+        raise TrainingError(f"defense {name!r} names the trainer {declared!r}, which failed to load: {err!r}") from None
 
 
 @click.command(

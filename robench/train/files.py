@@ -1,4 +1,4 @@
-"""Atomic file writes: a file is either the old complete one or the new complete one, never half written."""
+"""Where trained files go, and atomic writes: a file is either the old complete one or the new one, never half written."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+# Default folder of trained checkpoints and their cards (``--output`` chooses another).
+CHECKPOINT_DIR = Path("checkpoints")
 
 
 def _replace_with(path: Path, write) -> None:

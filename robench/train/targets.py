@@ -9,8 +9,6 @@ back as ``MODEL:weights=PATH``, and writes the model card beside it.
 from __future__ import annotations
 
 import inspect
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,18 +17,19 @@ import torch
 from torch import nn
 
 from robench import registry
-from robench.checkpoint import CheckpointError, sha256_of
+from robench.checkpoint import sha256_of
 from robench.data import Examples
 from robench.env import environment
-from robench.spec import Spec, parse_spec
+from robench.spec import Spec
 from robench.train.augment import AUGMENTATIONS, default_augmentation
-from robench.train.card import model_card
+from robench.train.card import data_entry, model_card
+from robench.train.checks import (
+    build_plugin, check_fits, check_reloads, check_saved, check_writable, load_split, parse_option,
+)
 from robench.train.evaluate import Evaluation, robust_accuracy
-from robench.train.files import save_json, save_torch
+from robench.train.files import CHECKPOINT_DIR, save_json, save_torch
 from robench.train.loop import Runtime, Schedule, TrainingError, fit
 from robench.train.recipes import Recipe, build_recipe
-
-CHECKPOINT_DIR = Path("checkpoints")
 
 
 @dataclass
@@ -104,23 +103,23 @@ def plan_training(
     """
     recipe = build_recipe(recipe)
     plan_schedule = recipe.schedule.with_overrides(**schedule)
-    model_spec, dataset_spec = _spec(model, "model"), _spec(dataset, "dataset")
+    model_spec, dataset_spec = parse_option(model, "--model"), parse_option(dataset, "--dataset")
     _check_factory_takes_weights(model_spec)
     output = Path(output) if output else CHECKPOINT_DIR / f"{model_spec.name}-{recipe.name}-{dataset_spec.name}.pt"
-    _check_writable(output)
+    check_writable(output)
     augment = augment or default_augmentation(dataset_spec.name)
     if augment not in AUGMENTATIONS:
         raise TrainingError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
-    data = _build("datasets", dataset_spec)
-    train = _load(data, dataset_spec, split, n, sample_seed)
+    data = build_plugin("datasets", dataset_spec)
+    train = load_split(data, dataset_spec, split, n, sample_seed)
     held_out = None
     if evaluation.n:
-        held_out = _load(data, dataset_spec, evaluation.split, evaluation.n, None)
-        _build("attacks", evaluation.attack)
+        held_out = load_split(data, dataset_spec, evaluation.split, evaluation.n, None)
+        build_plugin("attacks", evaluation.attack)
     with torch.random.fork_rng():  # a fresh network's initialisation is part of the seeded run
         torch.manual_seed(seed)
-        net = _build("models", model_spec)
-    _check_fits(net, model_spec, data, dataset_spec)
+        net = build_plugin("models", model_spec)
+    check_fits(net, model_spec, data, dataset_spec)
     return TrainingPlan(recipe, model_spec, dataset_spec, net, train, held_out, split, sample_seed,
                         plan_schedule, augment, seed, evaluation, output)
 
@@ -142,29 +141,16 @@ def train_target(plan: TrainingPlan, *, runtime: Runtime = Runtime(), command: s
         schedule=plan.schedule, seed=plan.seed, resume_path=plan.resume_path, config=plan.config(runtime),
         augment=plan.augment, evaluate=evaluate, runtime=runtime,
     )
-    network = _network(plan.model)
-    save_torch({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, plan.output)
+    state = {k: v.detach().cpu().contiguous() for k, v in _network(plan.model).state_dict().items()}
+    save_torch(state, plan.output)
+    check_saved(plan.output, state)
     sha256 = sha256_of(plan.output)
     usable = Spec.of(plan.model_spec.name, **{**plan.model_spec.options, "weights": str(plan.output)})
-    _check_reloads(usable, network)
-    card = model_card(plan, history=history, sha256=sha256, usable=usable, runtime=runtime,
-                      environment=environment(runtime.device), wall_s=time.perf_counter() - began, command=command)
+    check_reloads(usable, plan.model, build_plugin("models", usable), probe=plan.train.x[:2])
+    card = _card(plan, history=history, sha256=sha256, usable=usable, runtime=runtime,
+                 wall_s=time.perf_counter() - began, command=command)
     save_json(card, plan.card_path)
     return card
-
-
-def _spec(text: "str | Spec", what: str) -> Spec:
-    try:
-        return parse_spec(text)
-    except ValueError as err:
-        raise TrainingError(f"{what}: {err}") from None
-
-
-def _build(kind: str, spec: Spec):
-    try:
-        return registry.build(kind, spec)
-    except (registry.PluginError, ValueError, OSError) as err:
-        raise TrainingError(f"{kind[:-1]} {str(spec)!r}: {err}") from None
 
 
 def _check_factory_takes_weights(spec: Spec) -> None:
@@ -181,52 +167,23 @@ def _check_factory_takes_weights(spec: Spec) -> None:
         )
 
 
-def _check_writable(output: Path) -> None:
-    """Fail now, not after the first epoch, when the output folder cannot be created or written."""
-    if output.is_dir():
-        raise TrainingError(f"--output {output} is a folder; give a file path such as {output / 'model.pt'}")
-    folder = output.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".robench-write-test-"):
-            pass
-    except OSError as err:
-        raise TrainingError(
-            f"cannot write the checkpoint to {folder}{os.sep} ({err.strerror or err}); choose another --output"
-        ) from None
-
-
-def _load(data, spec: Spec, split: str, n: int | None, sample_seed: int | None) -> Examples:
-    if split not in data.splits:
-        raise TrainingError(f"dataset {str(spec)!r} has splits {', '.join(data.splits)}, not {split!r}")
-    try:
-        return data.load(split=split, n=n, seed=sample_seed)
-    except (ValueError, OSError) as err:
-        raise TrainingError(f"dataset {str(spec)!r}, {split} split: {err}") from None
-
-
-def _check_fits(model: nn.Module, model_spec: Spec, data, dataset_spec: Spec) -> None:
-    shape = tuple(getattr(model, "input_shape", data.image_shape))
-    if shape != tuple(data.image_shape):
-        raise TrainingError(
-            f"model {str(model_spec)!r} takes inputs shaped {shape}, but {str(dataset_spec)!r} images are "
-            f"{tuple(data.image_shape)}; pick a model for this dataset"
-        )
-    classes = getattr(model, "num_classes", data.num_classes)
-    if classes != data.num_classes:
-        raise TrainingError(
-            f"model {str(model_spec)!r} has {classes} classes, {str(dataset_spec)!r} has {data.num_classes}"
-        )
-
-
 def _network(model: nn.Module) -> nn.Module:
     """The module a factory's ``weights=`` loads into: the wrapped network of robench's classifiers."""
     return getattr(model, "net", model)
 
 
-def _check_reloads(usable: Spec, network: nn.Module) -> None:
-    """Build ``usable`` through the registry and check it holds exactly the trained weights."""
-    reloaded = _network(registry.build("models", usable)).state_dict()
-    trained = network.state_dict()
-    if reloaded.keys() != trained.keys() or any(not torch.equal(reloaded[k].cpu(), trained[k].cpu()) for k in trained):
-        raise CheckpointError(f"{usable} does not load the trained weights back; the model factory ignores them")
+def _card(plan: TrainingPlan, *, history, sha256, usable, runtime, wall_s, command) -> dict:
+    final = history[-1] if history else {}
+    evaluation = None
+    if plan.held_out is not None:
+        evaluation = {**plan.evaluation.to_json(), "dataset": str(plan.dataset_spec),
+                      "fingerprint": plan.held_out.fingerprint(), "clean_acc": final.get("clean_acc"),
+                      "robust_acc": final.get("robust_acc"),
+                      "command": plan.evaluation.command(plan.dataset_spec, usable)}
+    return model_card(
+        output=plan.output, sha256=sha256, architecture=plan.model_spec, recipe=plan.recipe, augment=plan.augment,
+        data=data_entry(plan.dataset_spec, plan.split, plan.train, plan.sample_seed), seed=plan.seed,
+        records=history, runtime=runtime, environment=environment(runtime.device), wall_s=wall_s, command=command,
+        model=str(usable), schedule=plan.schedule.to_json(), epochs=len(history), evaluation=evaluation,
+        history=history,
+    )

@@ -88,7 +88,7 @@ class DIR(MaskedDefense):
     needs_training = True
     version = "1"
     # ``robench train dir`` runs this trainer: pre-training (Eq. 2) and main training (Algorithm 1).
-    trainer = "robench.defenses.dir_training:DIRTraining"
+    trainer = "robench.defenses.dir.trainer:DIRTraining"
 
     def __init__(
         self,
