@@ -168,3 +168,41 @@ def test_defenses_declare_whether_and_how_they_are_trained():
     assert registry.load("defenses", "dir").needs_training
     assert defense_trainer("dir") is DIRTraining
     assert issubclass(DIRTraining, DefenseTrainer)
+
+
+def test_fit_trains_each_network_on_its_own_loss_with_its_own_optimiser_and_resumes_them(tmp_path):
+    from robench.train.loop import Schedule, StepResult, TrainingError, fit
+
+    torch.manual_seed(0)
+    generator_net, critic = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1)
+    both = torch.nn.ModuleDict({"generator": generator_net, "critic": critic})
+    x, y = torch.rand(8, 4), torch.zeros(8, dtype=torch.long)
+
+    def step(xb, yb, generator):  # opposite objectives on the critic's score: only the right network may move
+        score = critic(generator_net(xb)).mean()
+        return StepResult({"generator": -score, "critic": score})
+
+    schedule = Schedule(epochs=1, batch_size=4, lr=1e-2, optimizer="adam", weight_decay=0, milestones=())
+    before = {k: v.clone() for k, v in both.state_dict().items()}
+    history = fit(both, step, x, y, schedule=schedule, seed=0, resume_path=tmp_path / "r.pt", config={},
+                  groups={"generator": generator_net, "critic": critic}, runtime=Runtime(progress=False))
+    assert set(history[0]) >= {"train_loss", "train_loss_critic"}
+    assert history[0]["train_loss"] == pytest.approx(-history[0]["train_loss_critic"], rel=1e-6)
+    # one Adam step moves every parameter by about lr; had the two losses been summed, the critic's
+    # gradients would cancel to zero and it would not move
+    moved = {k: (v - before[k]).abs().max().item() for k, v in both.state_dict().items()}
+    assert all(m > 1e-3 for m in moved.values())
+    saved = torch.load(tmp_path / "r.pt", weights_only=True)
+    assert set(saved["optimizers"]) == {"generator", "critic"} and "exp_avg" in str(saved["optimizers"]["critic"])
+    again = fit(both, step, x, y, schedule=schedule.with_overrides(epochs=2), seed=0, resume_path=tmp_path / "r.pt",
+                config={}, groups={"generator": generator_net, "critic": critic}, runtime=Runtime(progress=False))
+    assert [r["epoch"] for r in again] == [1, 2]
+
+    def wrong(xb, yb, generator):
+        return StepResult({"generator": critic(generator_net(xb)).mean()})
+
+    with pytest.raises(TrainingError, match="losses for"):
+        fit(both, wrong, x, y, schedule=schedule, seed=0, resume_path=tmp_path / "w.pt", config={},
+            groups={"generator": generator_net, "critic": critic}, runtime=Runtime(progress=False))
+    with pytest.raises(TrainingError, match="optimizer must be one of"):
+        Schedule(epochs=1, optimizer="rmsprop")

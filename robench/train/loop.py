@@ -3,7 +3,8 @@
 A caller (a target-model recipe, a learned defense's trainer) hands :func:`fit` the module whose
 parameters train, a ``step`` function computing one mini-batch's loss, the training tensors and
 an optional ``evaluate`` hook run after every epoch. :func:`fit` owns everything else: shuffling
-and augmentation from one ``torch.Generator``, SGD with momentum and a multi-step learning rate,
+and augmentation from one ``torch.Generator``, SGD with momentum (or Adam) and a multi-step
+learning rate, one optimiser per trained network when a step has several losses (a GAN's),
 bf16 autocast and channels_last, a progress bar, and a resume file written atomically after
 every epoch so that rerunning the same command continues from the last completed epoch.
 """
@@ -15,7 +16,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import torch
 from torch import nn
@@ -24,8 +25,10 @@ from tqdm import tqdm
 from robench.train.augment import augment as apply_augmentation
 from robench.train.files import save_torch
 
-RESUME_FORMAT = 1
+RESUME_FORMAT = 2
 AUTOCAST = {None: None, "bf16": torch.bfloat16}
+OPTIMIZERS = ("sgd", "adam")
+MAIN_GROUP = "main"
 
 
 class TrainingError(ValueError):
@@ -34,7 +37,9 @@ class TrainingError(ValueError):
 
 @dataclass(frozen=True)
 class Schedule:
-    """SGD with momentum over ``epochs``; the learning rate is multiplied by ``gamma`` from each milestone on.
+    """SGD with momentum (or Adam) over ``epochs``; the learning rate is multiplied by ``gamma`` from each milestone on.
+
+    ``optimizer="adam"`` uses Adam with betas (0.9, 0.999) and ignores ``momentum``.
 
     ``milestones`` are 1-based epochs, as in the reference scripts' ``if epoch >= 75: lr *= 0.1``
     (TRADES, MART): with ``(75, 90)`` epochs 1-74 use ``lr``, 75-89 ``lr * gamma``, 90 on ``lr * gamma**2``.
@@ -47,9 +52,12 @@ class Schedule:
     weight_decay: float = 2e-4
     milestones: tuple[int, ...] = (75, 90)
     gamma: float = 0.1
+    optimizer: str = "sgd"
 
     def __post_init__(self):
         object.__setattr__(self, "milestones", tuple(self.milestones))
+        if self.optimizer not in OPTIMIZERS:
+            raise TrainingError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -78,11 +86,21 @@ class Schedule:
     def to_json(self) -> dict:
         return {**asdict(self), "milestones": list(self.milestones)}
 
+    def optimizer_for(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        """The optimiser this schedule names, over ``params``."""
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.lr, betas=(0.9, 0.999), weight_decay=self.weight_decay)
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+
 
 class StepResult(NamedTuple):
-    """One mini-batch: the scalar ``loss`` to minimise and, optionally, ``logits`` (B, K) for the accuracy shown."""
+    """One mini-batch: the scalar ``loss`` to minimise and, optionally, ``logits`` (B, K) for the accuracy shown.
 
-    loss: torch.Tensor
+    When :func:`fit` trains several networks (``groups``), ``loss`` maps each group's name to the
+    loss its optimiser minimises (the first group's is the one shown as ``train_loss``).
+    """
+
+    loss: "torch.Tensor | dict[str, torch.Tensor]"
     logits: torch.Tensor | None = None
 
 
@@ -116,11 +134,15 @@ def fit(
     augment: str = "none",
     evaluate: Callable[[], dict] | None = None,
     runtime: Runtime = Runtime(),
+    groups: Mapping[str, nn.Module] | None = None,
 ) -> list[dict]:
-    """Train ``module``'s parameters with SGD on ``step``'s loss; returns the per-epoch history (robench).
+    """Train ``module``'s parameters on ``step``'s loss(es); returns the per-epoch history (robench).
 
     Args:
         module: what trains and what the resume file holds (its trainable parameters are optimised).
+        groups: name -> sub-module of ``module`` trained by its own optimiser on the step's loss of
+            that name, each loss differentiated with respect to its group's parameters only
+            (default: one group, ``module``, and a single loss).
         step: ``step(x_batch, y_batch, generator) -> StepResult``, called with ``module`` in train mode
             and under autocast when enabled; it may switch modes itself (e.g. attack in eval mode).
         x, y: training images (N, C, H, W) in [0, 1] and labels (N,) (or any per-example targets).
@@ -139,25 +161,27 @@ def fit(
     module.to(device)
     if runtime.channels_last:
         module.to(memory_format=torch.channels_last)
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params:
-        raise TrainingError(f"{type(module).__name__} has no trainable parameters")
-    optimizer = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum,
-                                weight_decay=schedule.weight_decay)
+    optimizers = {}
+    for name, part in (groups or {MAIN_GROUP: module}).items():
+        params = [p for p in part.parameters() if p.requires_grad]
+        if not params:
+            raise TrainingError(f"{type(part).__name__} ({name}) has no trainable parameters")
+        optimizers[name] = schedule.optimizer_for(params)
     # MultiStepLR counts completed epochs from 0, so "from 1-based epoch m on" is its milestone m - 1.
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+    schedulers = {name: torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=[m - 1 for m in schedule.milestones], gamma=schedule.gamma
-    )
+    ) for name, optimizer in optimizers.items()}
     generator = torch.Generator(device=device).manual_seed(seed)
     x, y = x.to(device), y.to(device)
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
-        history = _resume(resume_path, config, schedule, module, optimizer, scheduler, generator, device)
+        history = _resume(resume_path, config, schedule, module, optimizers, schedulers, generator, device)
         for epoch in range(len(history) + 1, schedule.epochs + 1):
             began = time.perf_counter()
-            record = _train_epoch(module, step, x, y, optimizer, generator, schedule, epoch, augment, runtime)
-            scheduler.step()
+            record = _train_epoch(module, step, x, y, optimizers, generator, schedule, epoch, augment, runtime)
+            for scheduler in schedulers.values():
+                scheduler.step()
             if evaluate is not None:
                 module.eval()
                 evaluated = time.perf_counter()
@@ -165,21 +189,44 @@ def fit(
                 record["eval_seconds"] = round(time.perf_counter() - evaluated, 3)
             record["seconds"] = round(time.perf_counter() - began, 3)
             history.append(record)
-            _save_resume(resume_path, config, history, module, optimizer, scheduler, generator, device)
+            _save_resume(resume_path, config, history, module, optimizers, schedulers, generator, device)
             if runtime.progress:
                 tqdm.write(_summary(record, schedule.epochs))
     module.eval()
     return history
 
 
-def _train_epoch(module, step, x, y, optimizer, generator, schedule, epoch, augment, runtime) -> dict:
+def _losses(result: StepResult, optimizers: dict) -> dict[str, torch.Tensor]:
+    """The step's loss per optimised group, checked against the groups."""
+    losses = result.loss if isinstance(result.loss, dict) else {MAIN_GROUP: result.loss}
+    if list(losses) != list(optimizers):
+        raise TrainingError(f"the step returned losses for {list(losses)}, but the trained networks are "
+                            f"{list(optimizers)}")
+    return {name: loss.float() for name, loss in losses.items()}
+
+
+def _update(losses: dict[str, torch.Tensor], optimizers: dict) -> None:
+    """One optimiser step per group, each on its own loss's gradient with respect to its own parameters."""
+    for optimizer in optimizers.values():
+        optimizer.zero_grad(set_to_none=True)
+    if len(losses) == 1:
+        next(iter(losses.values())).backward()
+    else:
+        for name, loss in losses.items():
+            params = [p for group in optimizers[name].param_groups for p in group["params"]]
+            torch.autograd.backward(loss, inputs=params, retain_graph=True)
+    for optimizer in optimizers.values():
+        optimizer.step()
+
+
+def _train_epoch(module, step, x, y, optimizers, generator, schedule, epoch, augment, runtime) -> dict:
     module.train()
     order = torch.randperm(len(x), generator=generator, device=x.device)
     # A last batch of one image is dropped: BatchNorm cannot normalise a single example in training.
     batches = [order[i : i + schedule.batch_size] for i in range(0, len(x), schedule.batch_size)]
     batches = [b for b in batches if len(b) > 1] or batches
     dtype = AUTOCAST[runtime.autocast]
-    loss_sum = torch.zeros((), device=x.device)
+    loss_sums = {name: torch.zeros((), device=x.device) for name in optimizers}
     correct = torch.zeros((), device=x.device)
     seen = scored = 0
     bar = tqdm(batches, desc=f"epoch {epoch}/{schedule.epochs}", leave=False, disable=not runtime.progress)
@@ -190,29 +237,36 @@ def _train_epoch(module, step, x, y, optimizer, generator, schedule, epoch, augm
             xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext():
             result = step(xb, yb, generator)
-        loss = result.loss.float()
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"the loss became {loss.item()} at epoch {epoch}, batch {index + 1}; training diverged "
-                f"(lower the learning rate, now {optimizer.param_groups[0]['lr']:g})"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach() * len(batch)
+        losses = _losses(result, optimizers)
+        for name, loss in losses.items():
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"the loss {'' if name == MAIN_GROUP else f'of {name} '}became {loss.item()} at epoch {epoch}, "
+                    f"batch {index + 1}; training diverged (lower the learning rate, now {_lr(optimizers):g})"
+                )
+        _update(losses, optimizers)
+        for name, loss in losses.items():
+            loss_sums[name] += loss.detach() * len(batch)
         seen += len(batch)
         if result.logits is not None:
             correct += (result.logits.detach().argmax(dim=1) == yb).sum()
             scored += len(batch)
         if runtime.progress:
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}",
+            bar.set_postfix(loss=f"{next(iter(loss_sums.values())).item() / seen:.4f}",
                             acc=f"{correct.item() / scored:.3f}" if scored else "-")
+    means = {name: total.item() / seen for name, total in loss_sums.items()}
+    first, *others = means
     return {
         "epoch": epoch,
-        "lr": optimizer.param_groups[0]["lr"],
-        "train_loss": loss_sum.item() / seen,
+        "lr": _lr(optimizers),
+        "train_loss": means[first],
+        **{f"train_loss_{name}": means[name] for name in others},
         "train_acc": correct.item() / scored if scored else None,
     }
+
+
+def _lr(optimizers: dict) -> float:
+    return next(iter(optimizers.values())).param_groups[0]["lr"]
 
 
 def _summary(record: dict, epochs: int) -> str:
@@ -229,22 +283,22 @@ def _rng_states(generator: torch.Generator, device: torch.device) -> dict:
     return states
 
 
-def _save_resume(path, config, history, module, optimizer, scheduler, generator, device) -> None:
+def _save_resume(path, config, history, module, optimizers, schedulers, generator, device) -> None:
     save_torch(
         {
             "format": RESUME_FORMAT,
             "config": config,
             "history": history,
             "module": module.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "optimizers": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
+            "schedulers": {name: scheduler.state_dict() for name, scheduler in schedulers.items()},
             "rng": _rng_states(generator, device),
         },
         path,
     )
 
 
-def _resume(path: Path, config, schedule, module, optimizer, scheduler, generator, device) -> list[dict]:
+def _resume(path: Path, config, schedule, module, optimizers, schedulers, generator, device) -> list[dict]:
     """Load the resume file into the run's objects and return its history; ``[]`` when there is none."""
     if not path.is_file():
         return []
@@ -267,8 +321,9 @@ def _resume(path: Path, config, schedule, module, optimizer, scheduler, generato
             f"ask for at least {len(history)} epochs, or delete it to start over"
         )
     module.load_state_dict(state["module"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(state["optimizers"][name])
+        schedulers[name].load_state_dict(state["schedulers"][name])
     generator.set_state(state["rng"]["generator"].cpu())
     torch.set_rng_state(state["rng"]["cpu"].cpu())
     if "cuda" in state["rng"] and device.type == "cuda":

@@ -13,7 +13,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -48,6 +48,9 @@ class Phase:
         step: ``step(x, y, generator) -> StepResult``, one mini-batch's loss of the trained defense.
         seed: seeds the phase's shuffling, augmentation and the step's randomness.
         config: what else determines the phase's weights (joins its resume file's identity).
+        networks: name -> network this phase trains, each with its own optimiser on the step's loss
+            of that name (e.g. a purifier, an auxiliary branch and a discriminator); all of them
+            are resumed, only the defense is saved. Default: the defense alone, one loss.
     """
 
     name: str
@@ -55,6 +58,7 @@ class Phase:
     step: Step
     seed: int
     config: dict = field(default_factory=dict)
+    networks: Mapping[str, nn.Module] | None = None
 
 
 @dataclass
@@ -246,10 +250,11 @@ class DefenseTrainer:
         evaluate = self._evaluator(runtime)
         histories = {}
         for phase in self.phases():
+            trained = self.module if phase.networks is None else nn.ModuleDict(dict(phase.networks))
             histories[phase.name] = [] if phase.schedule is None else fit(
-                self.module, phase.step, self.train.x, self.train.y, schedule=phase.schedule, seed=phase.seed,
+                trained, phase.step, self.train.x, self.train.y, schedule=phase.schedule, seed=phase.seed,
                 resume_path=self.resume_path_of(phase.name), config=self.config(phase, runtime),
-                augment=self.augment, evaluate=evaluate, runtime=runtime,
+                augment=self.augment, evaluate=evaluate, runtime=runtime, groups=phase.networks,
             )
         state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
         save_torch(state, self.output)
