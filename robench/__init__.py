@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from robench.api import evaluate  # noqa: E402,F401  (imports torch only when called)
 from robench.attack import Attack, AttackNotApplicable  # noqa: E402
 from robench.cell import Cell, cell_key  # noqa: E402
 from robench.defense import BPDA, Defense  # noqa: E402
