@@ -3,8 +3,7 @@
 The call expands into the same cells as ``robench run`` with the same options, runs them with
 the same runner into the same store, and returns the leaderboard rows. Registered names give
 the same cell keys as the command line, so each serves the other's cache; objects are named by
-a fingerprint of their code, attributes and weights (:mod:`robench.objects`). Heavy modules
-are imported on the first call, so ``import robench`` stays light.
+a fingerprint of their code, attributes and weights (:mod:`robench.objects`).
 """
 
 from __future__ import annotations
@@ -12,26 +11,33 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
-if TYPE_CHECKING:
-    import pandas as pd
-    from torch import nn
+import pandas as pd
+from torch import nn
 
-    from robench.store import Store
+from robench.defense import Defense
+from robench.env import pick_device
+from robench.errors import ConfigError
+from robench.grid import adhoc_name, expand
+from robench.objects import ModuleDefense, object_name
+from robench.report import leaderboard
+from robench.runner import run_grid
+from robench.spec import Spec, SpecError
+from robench.store import DEFAULT_RESULTS, Store, store_in
 
 
 def evaluate(
-    model: "nn.Module | str",
-    defense: "nn.Module | str | None" = None,
+    model: nn.Module | str,
+    defense: nn.Module | str | None = None,
     *,
-    attacks: "str | Sequence[str]",
+    attacks: str | Sequence[str],
     dataset: str,
-    eps: "float | str | Sequence[float | str]",
+    eps: float | str | Sequence[float | str],
     norm: str = "Linf",
-    setting: "str | Sequence[str]" = "adaptive",
-    sources: "Sequence[nn.Module | str] | None" = None,
-    attack_defense: "nn.Module | str | None" = None,
+    setting: str | Sequence[str] = "adaptive",
+    sources: Sequence[nn.Module | str] | None = None,
+    attack_defense: nn.Module | str | None = None,
     restore_from: str | None = None,
     n: int = 64,
     sample_seed: int | None = None,
@@ -42,10 +48,10 @@ def evaluate(
     differentiable: bool | None = None,
     stochastic: bool | None = None,
     device: str = "auto",
-    store: "str | Path | Store | None" = None,
+    store: str | Path | Store | None = None,
     name: str | None = None,
     progress: bool = False,
-) -> "pd.DataFrame":
+) -> pd.DataFrame:
     """Evaluate ``model`` behind ``defense`` against ``attacks`` and return the leaderboard rows (the CSV's columns).
 
     ``model`` (and each of ``sources``) is a classifier ``nn.Module`` taking images in [0, 1]
@@ -62,11 +68,6 @@ def evaluate(
     :class:`robench.errors.ConfigError` before anything runs; a cell that fails becomes a row
     with status ``error`` and its ``reason``, and a warning.
     """
-    from robench.env import pick_device
-    from robench.grid import adhoc_name, expand
-    from robench.report import leaderboard
-    from robench.runner import run_grid
-
     parts = _Parts(differentiable=differentiable, stochastic=stochastic)
     arguments = {
         "dataset": dataset, "models": [parts.model(model, "model")], "defenses": [parts.defense(defense, "defense")],
@@ -101,20 +102,11 @@ class _Parts:
         self.plain_purifiers = 0
 
     def model(self, value: Any, argument: str) -> str:
-        from torch import nn
-
-        from robench.objects import object_name
-
         if isinstance(value, nn.Module):
             return self._named(object_name(value), value)
         return _spec_text(value, argument, "a classifier nn.Module or a model spec like 'resnet18-standard'")
 
     def defense(self, value: Any, argument: str) -> str:
-        from torch import nn
-
-        from robench.defense import Defense
-        from robench.objects import ModuleDefense, object_name
-
         if value is None:
             return "none"
         if isinstance(value, Defense):
@@ -126,12 +118,10 @@ class _Parts:
         return _spec_text(value, argument, "a robench.Defense, an nn.Module purifier or a defense spec like 'jpeg'")
 
     def check_declarations_used(self) -> None:
-        from robench.errors import ConfigError
-
         if self.declared and not self.plain_purifiers:
             given = " and ".join(self.declared)
             raise ConfigError(
-                f"{given} declare(s) a plain nn.Module purifier, but no defense given is one; a robench.Defense or "
+                f"{given} describe a plain nn.Module purifier, but no defense given is one; a robench.Defense or "
                 "a registered defense declares its own attributes (see `robench ls defenses`)"
             )
 
@@ -141,8 +131,6 @@ class _Parts:
 
 
 def _spec_text(value: Any, argument: str, expected: str) -> str:
-    from robench.spec import Spec, SpecError
-
     if isinstance(value, (str, Spec)):
         return str(value)
     raise SpecError(f"{argument} must be {expected}; got a {type(value).__name__}")
@@ -155,9 +143,7 @@ def _listed(value: Any) -> list:
 
 
 @contextmanager
-def _opened(store: Any) -> Iterator["Store"]:
-    from robench.store import DEFAULT_RESULTS, Store, store_in
-
+def _opened(store: Any) -> Iterator[Store]:
     if isinstance(store, Store):
         yield store
         return
