@@ -79,6 +79,16 @@ def test_an_object_model_scores_like_the_registered_model_under_its_own_key(tmp_
     assert (mine["clean_acc"], mine["robust_acc"]) == (registered["clean_acc"], registered["robust_acc"])
 
 
+def test_source_objects_serve_the_transfer_setting(tmp_path):
+    source = tiny()
+    row = only_cell(robench.evaluate("tiny", attacks="fgsm", setting="transfer", sources=[source],
+                                     store=tmp_path / "s.sqlite", **SMALL))
+    assert row["status"] == "done" and row["setting"] == "transfer"
+    with Store(tmp_path / "s.sqlite") as store:
+        assert store.find_cells(row["key"])[0].spec["sources"] == [object_name(source)]
+    assert row["robust_acc"] < row["clean_acc"], "the same weights as the victim: the transfer attack bites"
+
+
 def test_a_changed_state_dict_gets_a_new_key_and_is_computed_afresh(tmp_path):
     store, model = tmp_path / "s.sqlite", tiny()
     first = only_cell(robench.evaluate(model, attacks="fgsm", store=store, **SMALL))
