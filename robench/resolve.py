@@ -40,7 +40,10 @@ class Resolver:
     def _defense(self, spec: Spec) -> Defense:
         defense = self._built("defenses", spec)
         if not isinstance(defense, Defense):
-            raise ConfigError(f"defense {spec} is a {type(defense).__name__}, not a robench.Defense")
+            raise ConfigError(
+                f"defense {spec} is of type {type(defense).__name__}, not a robench.Defense; "
+                "wrap a purifier module in robench.objects.ModuleDefense"
+            )
         return defense.to(self.device).eval()
 
     def _built(self, kind: str, spec: Spec) -> nn.Module:

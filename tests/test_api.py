@@ -182,3 +182,19 @@ def test_defaults_are_the_command_lines():
     for name in ("n", "sample_seed", "seed", "draws", "eot", "batch_size", "norm"):
         assert parameters[name].default == DEFAULTS[name], name
     assert [parameters["setting"].default] == DEFAULTS["settings"]
+
+
+def test_run_grid_takes_objects_by_name_and_refuses_a_plain_module_as_defense(tmp_path):
+    from robench.cell import Cell
+    from robench.runner import run_grid
+    from robench.threat import ThreatModel
+
+    cell = Cell(dataset="synthetic", model="my-model", defense="my-purifier", attack="fgsm",
+                threat=ThreatModel("Linf", 6 / 255), n=8)
+    with Store(tmp_path / "s.sqlite") as store:
+        done = run_grid([cell], store, benchmark="t", device=torch.device("cpu"), progress=False,
+                        objects={"my-model": tiny(), "my-purifier": ModuleDefense(nn.Identity())})
+        assert len(done.computed) == 1
+        with pytest.raises(ConfigError, match="defense my-purifier is of type Identity, not a robench.Defense; wrap"):
+            run_grid([cell], store, benchmark="t", device=torch.device("cpu"), progress=False,
+                     objects={"my-model": tiny(), "my-purifier": nn.Identity()})
