@@ -2,6 +2,8 @@
 
 __version__ = "0.1.0"
 
+from importlib import import_module  # noqa: E402
+
 from robench.attack import Attack, AttackNotApplicable  # noqa: E402
 from robench.cell import Cell, cell_key  # noqa: E402
 from robench.defense import BPDA, Defense  # noqa: E402
@@ -13,5 +15,12 @@ from robench.threat import ThreatModel, ThreatModelViolation  # noqa: E402
 __all__ = [
     "Attack", "AttackNotApplicable", "BPDA", "Cell", "Defense", "EOT", "Ensemble", "Pipeline", "Spec",
     "SpecError", "ThreatModel", "ThreatModelViolation", "adaptive_view", "build", "cell_key", "names",
-    "parse_eps", "parse_spec",
+    "parse_eps", "parse_spec", "evaluate",
 ]
+
+
+def __getattr__(name: str):
+    """``robench.evaluate`` is imported on first use (PEP 562), so ``import robench`` does not load the runner."""
+    if name == "evaluate":
+        return import_module("robench.api").evaluate
+    raise AttributeError(f"module 'robench' has no attribute {name!r}")

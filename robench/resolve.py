@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -19,21 +20,35 @@ from robench.views import attacked_defense
 
 
 class Resolver:
-    """Builds and caches datasets, models, defenses and attacks for cells on one device."""
+    """Builds and caches datasets, models, defenses and attacks for cells on one device.
 
-    def __init__(self, device: torch.device):
+    ``objects`` maps names (:func:`robench.objects.object_name`) to in-memory models and
+    defenses; a spec with such a name gets the object instead of a registered plugin.
+    """
+
+    def __init__(self, device: torch.device, objects: Mapping[str, nn.Module] | None = None):
         self.device = device
+        self.objects = dict(objects or {})
         self.model = lru_cache(maxsize=None)(self._model)
         self.defense = lru_cache(maxsize=None)(self._defense)
         self.attack = lru_cache(maxsize=None)(self._attack)
         self.examples = lru_cache(maxsize=None)(self._examples)
 
     def _model(self, spec: Spec) -> nn.Module:
-        model = registry.build("models", spec)
-        return model.to(self.device).eval()
+        return self._built("models", spec).to(self.device).eval()
 
     def _defense(self, spec: Spec) -> Defense:
-        return registry.build("defenses", spec).to(self.device).eval()
+        defense = self._built("defenses", spec)
+        if not isinstance(defense, Defense):
+            raise ConfigError(
+                f"defense {spec} is of type {type(defense).__name__}, not a robench.Defense; "
+                "wrap a purifier module in robench.objects.ModuleDefense"
+            )
+        return defense.to(self.device).eval()
+
+    def _built(self, kind: str, spec: Spec) -> nn.Module:
+        found = self.objects.get(str(spec))
+        return found if found is not None else registry.build(kind, spec)
 
     def _attack(self, spec: Spec) -> Attack:
         return registry.build("attacks", spec)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from robench import checks
@@ -137,15 +138,17 @@ def run_grid(
     progress: bool = True,
     labels: Mapping[Cell, Sequence[dict]] | None = None,
     expected: Expected | None = None,
+    objects: Mapping[str, nn.Module] | None = None,
 ) -> GridResult:
     """Evaluate every cell not yet in the store; failures become error rows and the grid goes on.
 
     Cells naming a plugin or checkpoint that ``expected`` declares may be absent, and is, are
     stored as missing cells with their reason; ``labels`` (cell -> paper labels) are stored with
-    the benchmark's latest grid for paper-layout reports.
+    the benchmark's latest grid for paper-layout reports; ``objects`` (name -> in-memory model
+    or defense) take precedence over registered plugins of the same name.
     """
     cells, missing = split_missing(cells, expected)
-    resolver = Resolver(device)
+    resolver = Resolver(device, objects)
     prepared = prepare(cells, resolver)
     result = GridResult(missing={missing_key(cell): reason for cell, reason in missing.items()})
     env = environment(device)
