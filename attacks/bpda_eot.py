@@ -6,6 +6,7 @@ from torch import nn
 
 from robench.attack import Attack
 from robench.hyper import check_positive, check_positive_int
+from robench.pgd_kernel import ascend
 from robench.target import split_eot
 from robench.threat import ThreatModel
 
@@ -19,10 +20,12 @@ class BPDAEOT(Attack):
     the mean of their gradients (Athalye et al.'s EOT), rather than the gradient of the mean
     logits; all draws run as one batch. Written here because torchattacks' EOTPGD runs the draws
     one after another. Defaults follow DIR Table 3 with robench's choices for what it leaves
-    unstated (specs D11): 40 steps, step 2/255, random start.
+    unstated (specs D11): 40 steps, step 2/255, random start; each iteration is
+    :mod:`robench.pgd_kernel`'s (torchattacks' update rule).
     """
 
     norms = ("Linf", "L2")
+    version = "2"  # 2: robench.pgd_kernel's start and L2 step (torchattacks' PGDL2 draw and guard)
 
     def __init__(self, *, steps: int = 40, step_size: float = 2 / 255, random_start: bool = True):
         check_positive_int("steps", steps)
@@ -34,29 +37,10 @@ class BPDAEOT(Attack):
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
         pipeline, draws = split_eot(model)
         labels = y.repeat(draws)
-        x_adv = x.clone()
-        if self.random_start:
-            x_adv = threat.project(x + self._random_start(x, threat), x)
-        for _ in range(self.steps):
-            x_adv.requires_grad_(True)
+
+        def loss_of(x_adv: torch.Tensor) -> torch.Tensor:
             batch = x_adv.repeat(draws, *([1] * (x.dim() - 1)))
-            loss = F.cross_entropy(pipeline(batch), labels, reduction="sum") / draws
-            (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = threat.project(x_adv.detach() + self.step_size * _direction(grad, threat.norm), x)
-        return x_adv
+            return F.cross_entropy(pipeline(batch), labels, reduction="sum") / draws
 
-    @staticmethod
-    def _random_start(x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
-        if threat.norm == "Linf":
-            return torch.empty_like(x).uniform_(-threat.eps, threat.eps)
-        noise = torch.randn_like(x)
-        radius = torch.rand(len(x), *([1] * (x.dim() - 1)), device=x.device) * threat.eps
-        return noise / noise.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1))).clamp_min(1e-12) * radius
-
-
-def _direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
-    """Steepest-ascent direction of unit size in the threat model's norm."""
-    if norm == "Linf":
-        return grad.sign()
-    length = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
-    return grad / length.view(-1, *([1] * (grad.dim() - 1)))
+        return ascend(loss_of, x, threat, steps=self.steps, step_size=self.step_size,
+                      start="uniform" if self.random_start else "none")

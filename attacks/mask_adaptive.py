@@ -1,13 +1,14 @@
 """DIR's mask-adaptive attack (Zhou et al., ICML 2023, Eq. 8): PGD against the defense's own masks."""
 
 import torch
-import torchattacks
+import torch.nn.functional as F
 from torch import nn
 
 from robench.attack import Attack
 from robench.hyper import check_positive, check_positive_int
 from robench.defense import BPDA
 from robench.masks import MaskedDefense, fixed_mask_view
+from robench.pgd_kernel import ascend
 from robench.target import Pipeline, split_eot
 from robench.threat import ThreatModel
 
@@ -17,8 +18,9 @@ class MaskAdaptive(Attack):
 
     "This adaptive attack had access to the masks used in our defense and crafted adversarial
     noise for each mask" (DIR §4.4). Reading chosen by robench (specs D9): PGD with 40 steps of
-    2/255 and a random start through ``model(defense_with_fixed_masks(x))`` (BPDA where the
-    defense is not differentiable), projected around ``x``. The runner then scores the real
+    2/255 and a random start (:func:`robench.pgd_kernel.ascend`, torchattacks' PGD / PGDL2
+    iterates) through ``model(defense_with_fixed_masks(x))`` (BPDA where the defense is not
+    differentiable), projected around ``x``. The runner then scores the real
     defense, which draws fresh masks; the attack works for any :class:`MaskedDefense`.
     """
 
@@ -43,10 +45,5 @@ class MaskAdaptive(Attack):
         pipeline, _ = split_eot(model)
         defense = pipeline.defense.defense if isinstance(pipeline.defense, BPDA) else pipeline.defense
         view = Pipeline(pipeline.model, fixed_mask_view(defense, defense.sample_masks(x))).eval()
-        if threat.norm == "Linf":
-            attack = torchattacks.PGD(view, eps=threat.eps, alpha=self.step_size, steps=self.steps,
-                                      random_start=self.random_start)
-        else:
-            attack = torchattacks.PGDL2(view, eps=threat.eps, alpha=self.step_size, steps=self.steps,
-                                        random_start=self.random_start)
-        return attack(x, y)
+        return ascend(lambda x_adv: F.cross_entropy(view(x_adv), y), x, threat, steps=self.steps,
+                      step_size=self.step_size, start="uniform" if self.random_start else "none")

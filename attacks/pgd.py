@@ -9,13 +9,12 @@ import torch.nn.functional as F
 import torchattacks
 from torch import nn
 
+from robench import pgd_kernel
 from robench.attack import Attack
 from robench.hyper import check_positive, check_positive_int
 from robench.threat import ThreatModel
 
 AUTOCAST = {None: None, "bf16": torch.bfloat16}
-# torchattacks' PGDL2 adds this to the gradient norm before dividing; the native loop does the same.
-_L2_DIVISION_EPS = 1e-10
 
 
 class PGD(Attack):
@@ -149,7 +148,8 @@ def pgd_loop(
 ) -> torch.Tensor:
     """PGD with torchattacks' update rule, plus early stop, bf16 autocast and channels_last (see :class:`PGD`).
 
-    Written here rather than called from torchattacks, which has none of the three options.
+    Written here rather than called from torchattacks, which has none of the three options; the
+    start, step and projection are :mod:`robench.pgd_kernel`'s.
     ``x`` (B, C, H, W) in the threat model's bounds; ``goal`` (B,) the true labels, or the target
     labels when ``targeted``. Returns the adversarial images (B, C, H, W), float32, laid out as ``x``.
     """
@@ -159,7 +159,7 @@ def pgd_loop(
         return out
     dtype = AUTOCAST[autocast]
     # Drawn on the input as given, before any layout change, exactly as torchattacks draws it.
-    x_adv = _random_start(x, threat) if random_start else x.clone()
+    x_adv = pgd_kernel.random_start(x, threat, "uniform" if random_start else "none")
     if channels_last:
         x, x_adv = (t.contiguous(memory_format=torch.channels_last) for t in (x, x_adv))
     active = torch.arange(total, device=x.device)
@@ -184,29 +184,9 @@ def pgd_loop(
                 active, x, x_adv, goal, grad = active[keep], x[keep], x_adv[keep], goal[keep], grad[keep]
                 if not len(active):
                     return out
-        x_adv = threat.project(x_adv + step_size * _direction(grad, threat.norm), x)
+        x_adv = pgd_kernel.step(x_adv, x, grad, threat, step_size)
     out[active] = x_adv
     return out
-
-
-def _random_start(x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
-    """torchattacks' random start, draw for draw: uniform in the Linf box, or PGDL2's radius-uniform L2 draw."""
-    if threat.norm == "Linf":
-        noise = torch.empty_like(x).uniform_(-threat.eps, threat.eps)
-    else:
-        noise = torch.empty_like(x).normal_()
-        norms = noise.flatten(1).norm(p=2, dim=1).view(len(x), *([1] * (x.dim() - 1)))
-        radius = torch.zeros_like(norms).uniform_(0, 1)
-        noise *= radius / norms * threat.eps
-    return (x + noise).clamp(*threat.bounds)
-
-
-def _direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
-    """torchattacks' step direction: the sign (Linf) or the gradient over its L2 norm plus 1e-10."""
-    if norm == "Linf":
-        return grad.sign()
-    length = grad.flatten(1).norm(p=2, dim=1) + _L2_DIVISION_EPS
-    return grad / length.view(-1, *([1] * (grad.dim() - 1)))
 
 
 def _broken(

@@ -15,16 +15,27 @@ class AttackNotApplicable(ValueError):
 class Attack:
     """An adversarial attack with keyword-only hyperparameters; the threat model is a call argument.
 
-    Subclasses implement :meth:`run` and declare ``norms`` (supported norms), ``kind``
-    (``white-box``, ``transfer`` or ``black-box``), ``version`` (bump when outputs change) and
-    ``averages_draws`` (True when the attack does its own EOT over a stochastic defense's
-    draws, so the runner hands it the plain pipeline instead of an EOT view).
+    The public call is final: it validates the inputs, seeds, switches the model to eval mode,
+    runs the attack, then checks the attack's raw output against the threat model (a violation
+    beyond float rounding raises :class:`~robench.threat.ThreatModelViolation` naming the attack)
+    and projects only the rounding. Subclasses implement :meth:`run` and declare ``norms``
+    (supported norms), ``kind`` (``white-box``, ``transfer`` or ``black-box``), ``version`` (bump
+    when outputs change) and ``averages_draws`` (True when the attack does its own EOT over a
+    stochastic defense's draws, so the runner hands it the plain pipeline instead of an EOT view).
     """
 
     norms: tuple[str, ...] = ("Linf", "L2")
     kind: str = "white-box"
     version: str = "1"
     averages_draws: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__call__" in vars(cls):
+            raise TypeError(
+                f"{cls.__qualname__} defines __call__, but Attack.__call__ owns the checks every attack must pass; "
+                "implement run(model, x, y, threat) instead"
+            )
 
     def __call__(
         self,
@@ -35,7 +46,11 @@ class Attack:
         *,
         seed: int | None = None,
     ) -> torch.Tensor:
-        """Attack ``model`` on images ``x`` (B, C, H, W) in [0, 1] with labels ``y`` (B,); returns x_adv."""
+        """Attack ``model`` on images ``x`` (B, C, H, W) in [0, 1] with labels ``y`` (B,); returns x_adv in ``threat``.
+
+        Raises :class:`~robench.threat.ThreatModelViolation` when the attack's own output leaves
+        ``threat`` by more than float rounding.
+        """
         if threat.norm not in self.norms:
             raise AttackNotApplicable(
                 f"{type(self).__name__} supports {', '.join(self.norms)}, not {threat.norm}"
@@ -58,7 +73,9 @@ class Attack:
             finally:
                 for module, training in modes.items():
                     module.training = training
-        return threat.project(x_adv.detach(), x)
+        x_adv = x_adv.detach()
+        threat.check(x_adv, x, source=f"attack {type(self).__name__}")
+        return threat.project(x_adv, x)  # moves no example further than rounding: the check passed
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
         raise NotImplementedError

@@ -19,8 +19,14 @@ Checks run on CPU on real CIFAR-10 test images (synthetic ones when the offline 
   string), keyword-only constructor;
 * ``MaskedDefense`` subclasses: fixed masks give identical outputs whatever the global seed.
 
-Attacks get a light check (built with defaults, declared ``kind``/``norms``/``version``,
-keyword-only constructor); they are run by ``test_attacks.py``.
+Attacks: built with defaults, declared ``kind``/``norms``/``version``, keyword-only constructor;
+and every registered attack *runs* under each norm it supports on the ``tiny`` model and
+``synthetic`` data, through the runner's views in the cheapest setting where it applies
+(``adaptive`` behind ``none``; ``transfer`` from the victim itself for transfer attacks; the
+first registered defense it accepts where it needs one; ``restored`` where only that applies):
+its output lies in the threat model, and accuracy on it does not rise above clean accuracy
+(one example of tolerance) with half the labels wrong, so an attack that helps the classifier
+shows. ``FAST_OPTIONS`` only shortens runs (fewer steps, no download).
 """
 
 from __future__ import annotations
@@ -36,10 +42,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from robench import registry
+from robench.cell import Cell
 from robench.defense import Defense, gradient_view
 from robench.masks import MaskedDefense, fixed_mask_view
+from robench.resolve import Resolver
+from robench.scoring import predict
 from robench.spec import Spec, parse_spec
-from robench.threat import NORMS
+from robench.threat import NORMS, ThreatModel
+from robench.views import attack_view, restored_points, scored_view
 from tests.conftest import DATA
 
 # Specs for defenses whose defaults cannot be built (or that need a chain to mean anything).
@@ -375,7 +385,7 @@ def test_example_specs_name_registered_defenses():
         assert all(parse_spec(s).name == name for s in specs), f"EXAMPLE_SPECS[{name!r}] names another plugin"
 
 
-# --- attacks (light: built and declared, not run) -------------------------------------------
+# --- attacks: built and declared ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", registry.names("attacks"))
@@ -403,3 +413,93 @@ def test_attack_builds_with_defaults_and_declares_itself(name):
 @pytest.mark.parametrize("name", registry.names("attacks"))
 def test_attack_constructor_is_keyword_only(name):
     _assert_keyword_only(registry.load("attacks", name), f"attack {name!r}")
+
+
+# --- attacks: run on tiny + synthetic ----------------------------------------------------------
+
+RUN_MODEL = "tiny:num_classes=4"
+RUN_DATASET = "synthetic:num_classes=4"
+RUN_N = 8
+# A budget per norm at which the attacks break examples quickly (query attacks stop early then).
+RUN_THREATS = {"Linf": ThreatModel("Linf", 8 / 255), "L2": ThreatModel("L2", 1.0)}
+# Options that only make a run short (fewer steps, no download); other attacks run with their defaults.
+FAST_OPTIONS = {
+    "pgd": "steps=3", "bpda-eot": "steps=3", "mask-adaptive": "steps=3", "restored-pgd": "steps=3",
+    "ssp": "pretrained=false,steps=3", "mifgsm": "steps=3", "vmifgsm": "steps=3,N=2", "vnifgsm": "steps=3,N=2",
+    "dim": "steps=3", "tidim": "steps=3", "sinitidim": "steps=3,scales=2",
+}
+
+# Square spends all its 5000 queries (about 8 s) when it breaks nothing, as under L2 here: behind `slow`.
+SLOW_RUNS = {("square", "L2")}
+
+
+def _run_cases() -> list:
+    return [
+        pytest.param(name, norm, id=f"{name}-{norm}", marks=[pytest.mark.slow] if (name, norm) in SLOW_RUNS else [])
+        for name in registry.names("attacks")
+        for norm in NORMS
+    ]
+
+
+def _fast_spec(name: str) -> str:
+    return f"{name}:{FAST_OPTIONS[name]}" if name in FAST_OPTIONS else name
+
+
+def _buildable_defenses() -> list[str]:
+    """``none`` first, then every registered defense that builds with its defaults."""
+    names = []
+    for name in registry.names("defenses"):
+        try:
+            registry.build("defenses", name)
+        except Exception:  # noqa: BLE001 - a defense that needs options cannot host an attack here
+            continue
+        names.append(name)
+    return sorted(names, key=lambda name: name != "none")
+
+
+def attack_cell(name: str, norm: str) -> Cell | str:
+    """The cheapest cell in which attack ``name`` runs under ``norm``, or why there is none."""
+    spec = _fast_spec(name)
+    attack = registry.build("attacks", spec)
+    if norm not in attack.norms:
+        return f"{name} supports {', '.join(attack.norms)}, not {norm}"
+    base = dict(dataset=RUN_DATASET, model=RUN_MODEL, attack=spec, threat=RUN_THREATS[norm], n=RUN_N,
+                batch_size=RUN_N)
+    if attack.kind == "transfer":
+        return Cell(defense="none", setting="transfer", sources=(RUN_MODEL,), **base)
+    for setting in ("adaptive", "restored"):
+        for defense in _buildable_defenses():
+            if attack.unsupported(setting, registry.build("defenses", defense)) is None:
+                return Cell(defense=defense, setting=setting, **base)
+    return f"{name} refuses the adaptive and restored settings behind every buildable defense"
+
+
+@pytest.mark.parametrize("name, norm", _run_cases())
+def test_attack_stays_in_the_threat_model_and_never_raises_accuracy(name, norm):
+    cell = attack_cell(name, norm)
+    if isinstance(cell, str):
+        pytest.skip(cell)
+    resolver = Resolver(torch.device("cpu"))
+    examples = resolver.cell_examples(cell)
+    x, y = examples.x, examples.y.clone()
+    y[::2] = (y[::2] + 1) % 4  # half the labels wrong: clean accuracy about 50%, room to rise
+    if cell.setting == "restored":
+        x = restored_points(cell, resolver, x, y)
+    attack = resolver.attack(cell.attack)
+    x_adv = attack(attack_view(cell, resolver), x, y, cell.threat, seed=0)  # raises on a violation
+    assert x_adv.shape == x.shape
+    assert (cell.threat.violation(x_adv, x) <= cell.threat.tolerance).all(), f"{cell.attack} left {cell.threat}"
+    scorer = scored_view(cell, resolver)
+    with seeded(1):
+        clean = (predict(scorer, x) == y).float().mean().item()
+    with seeded(1):
+        robust = (predict(scorer, x_adv) == y).float().mean().item()
+    assert robust <= clean + 1 / RUN_N + 1e-9, (
+        f"{cell.attack} ({cell.setting}, {cell.threat}) raised accuracy from {clean:.2f} to {robust:.2f}"
+    )
+
+
+def test_fast_options_and_slow_runs_name_registered_attacks():
+    named = set(FAST_OPTIONS) | {name for name, _ in SLOW_RUNS}
+    stale = sorted(named - set(registry.names("attacks")))
+    assert not stale, f"FAST_OPTIONS or SLOW_RUNS name unregistered attacks: {stale}"

@@ -126,9 +126,9 @@ def test_an_attack_norm_it_does_not_support_is_a_configuration_error(tmp_path):
 
 
 class Escaping(Attack):
-    """Returns points far outside the ball, bypassing the base-class projection."""
+    """Returns points far outside the ball: the base class must refuse them, not project them."""
 
-    def __call__(self, model, x, y, threat, *, seed=None):
+    def run(self, model, x, y, threat):
         return (x + 0.5).clamp(0, 1)
 
 
@@ -138,7 +138,7 @@ def test_an_example_outside_the_threat_model_fails_the_cell_loudly(tmp_path):
     resolver.attack = lambda spec: Escaping()
     with Store(tmp_path / "s.sqlite") as store:
         store.begin_cell("k", cell.to_json(), {}, store.start_run("", {}), "t")
-        with pytest.raises(ThreatModelViolation, match="leave the Linf 6/255 threat model"):
+        with pytest.raises(ThreatModelViolation, match="attack Escaping returned .* leave the Linf 6/255 threat model"):
             evaluate_cell(cell, "k", resolver, store)
         assert store.completed_batches("k") == set(), "no batch with a violation may be stored"
 

@@ -140,21 +140,13 @@ class DIRRecipe(Recipe):
     def inner_maximisation(self, target: nn.Module, x_tilde: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """x~ + delta, delta ascending ``KL(h(x~ + delta), h(x~))`` from ``x~ + 0.001 N(0, I)`` (DIR Eq. 4); detached.
 
-        Written here rather than with :func:`~robench.train.inner.perturb` because the released
-        variant (``project_inner=false``) must skip the projection that ``perturb`` always applies.
+        The released variant (``project_inner=false``) never projects the iterates.
         """
-        x_tilde = x_tilde.detach()
         with torch.no_grad():
-            p_clean = F.softmax(target(x_tilde).float(), dim=1)
-        noise = torch.randn(x_tilde.shape, generator=generator, device=x_tilde.device, dtype=x_tilde.dtype)
-        x_pert = x_tilde + NORMAL_START_STD * noise
-        for _ in range(self.inner_steps):
-            x_pert.requires_grad_(True)
-            (grad,) = torch.autograd.grad(rep_loss(target(x_pert), p_clean), x_pert)
-            x_pert = x_pert.detach() + self.inner_step_size * grad.sign()
-            if self.project_inner:
-                x_pert = self.threat.project(x_pert, x_tilde)
-        return x_pert.detach()
+            p_clean = F.softmax(target(x_tilde.detach()).float(), dim=1)
+        return perturb(target, x_tilde, lambda logits: rep_loss(logits, p_clean), self.threat,
+                       step_size=self.inner_step_size, steps=self.inner_steps, start="normal",
+                       generator=generator, project=self.project_inner)
 
     def loss(self, denoiser: DIR, target: nn.Module, x, y, generator) -> StepResult:
         """Phase 2 (DIR Algorithm 1): ``L_den = L_adv + alpha * L_rep`` on x' crafted against the pipeline."""

@@ -15,11 +15,10 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from robench.pgd_kernel import NORMAL_START_STD, ascend  # noqa: F401 - NORMAL_START_STD: the DIR recipe imports it here
 from robench.threat import ThreatModel
 
 STARTS = ("uniform", "normal")
-# TRADES' and MART's reference code starts at x + 0.001 * N(0, I) (yaodongyu/TRADES, YisenWang/MART).
-NORMAL_START_STD = 0.001
 
 
 @contextmanager
@@ -44,26 +43,19 @@ def perturb(
     steps: int,
     start: str,
     generator: torch.Generator,
+    project: bool = True,
 ) -> torch.Tensor:
     """Ascend ``objective(model(x'))`` by signed-gradient steps inside ``threat`` around ``x`` (Madry et al. 2018).
 
     ``x`` (B, C, H, W) in [0, 1]; ``objective`` maps logits (B, K) to a scalar. ``start``:
     ``uniform`` in the eps-ball, clamped to the bounds (Madry et al.; torchattacks' PGD), or
     ``normal``: ``x + 0.001 N(0, I)``, unclamped (TRADES, MART). Every step is projected onto
-    the ball and the bounds. The model's mode is the caller's choice. Returns x' detached.
+    the ball and the bounds unless ``project`` is False (DIR's released inner maximisation).
+    The model's mode is the caller's choice. Returns x' detached (:func:`robench.pgd_kernel.ascend`).
     """
     if threat.norm != "Linf":
         raise ValueError(f"training attacks take signed steps, so they need an Linf threat model, not {threat.norm}")
     if start not in STARTS:
         raise ValueError(f"unknown start {start!r}; choose one of {', '.join(STARTS)}")
-    x = x.detach()
-    if start == "uniform":
-        noise = torch.empty_like(x).uniform_(-threat.eps, threat.eps, generator=generator)
-        x_adv = (x + noise).clamp(*threat.bounds)
-    else:
-        x_adv = x + NORMAL_START_STD * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        (grad,) = torch.autograd.grad(objective(model(x_adv)), x_adv)
-        x_adv = threat.project(x_adv.detach() + step_size * grad.sign(), x)
-    return x_adv.detach()
+    return ascend(lambda x_adv: objective(model(x_adv)), x, threat, steps=steps, step_size=step_size,
+                  start=start, generator=generator, project=project)
