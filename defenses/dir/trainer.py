@@ -19,7 +19,7 @@ from robench.hyper import check_positive, check_positive_int
 from robench.spec import Spec, parse_eps
 from robench.target import Pipeline
 from robench.threat import ThreatModel
-from robench.train.inner import NORMAL_START_STD, evaluating, perturb
+from robench.train.inner import evaluating, perturb
 from robench.train.loop import Schedule, StepResult, TrainingError
 from robench.train.recipes import Recipe
 from robench.train.trainer import DefenseTrainer, Phase

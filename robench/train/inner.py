@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from robench.pgd_kernel import NORMAL_START_STD, ascend  # noqa: F401 - NORMAL_START_STD: the DIR recipe imports it here
+from robench.pgd_kernel import ascend
 from robench.threat import ThreatModel
 
 STARTS = ("uniform", "normal")
