@@ -15,7 +15,7 @@ import torch
 
 from robench.threat import ThreatModel
 
-STARTS = ("none", "uniform", "normal")
+STARTS = ("none", "uniform", "normal", "noise-image")
 # Added to the gradient's L2 norm before dividing (torchattacks' PGDL2): a zero gradient gives a zero step, not NaN.
 L2_GUARD = 1e-10
 # TRADES', MART's and DIR's reference code start at x + 0.001 * N(0, I).
@@ -30,6 +30,8 @@ def random_start(
     ``none``: ``x`` itself. ``uniform``: torchattacks' draw, clamped to the bounds: uniform in the
     Linf box; for L2 a uniformly random direction times a radius uniform in [0, eps] (PGDL2).
     ``normal``: ``x + 0.001 N(0, I)``, neither projected nor clamped (TRADES, MART, DIR Eq. 4).
+    ``noise-image``: a pure ``N(0, I)`` image projected onto the threat model around ``x`` (SSP,
+    Naseer et al. 2020).
     """
     if kind not in STARTS:
         raise ValueError(f"unknown start {kind!r}; choose one of {', '.join(STARTS)}")
@@ -37,6 +39,8 @@ def random_start(
         return x.clone()
     if kind == "normal":
         return x + NORMAL_START_STD * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    if kind == "noise-image":
+        return threat.project(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype), x)
     if threat.norm == "Linf":
         noise = torch.empty_like(x).uniform_(-threat.eps, threat.eps, generator=generator)
     else:

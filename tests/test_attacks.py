@@ -163,7 +163,7 @@ def _attack_names() -> list[str]:
 QUERY_HEAVY = {"autoattack", "square", "fab-t"}  # thousands of queries: seconds each, behind `slow`
 
 
-OFFLINE_SPECS = {"ssp": "ssp:pretrained=false,steps=5"}  # the default downloads ImageNet VGG-16 weights
+OFFLINE_SPECS = {"ssp": "ssp:features=\"vgg16:pretrained=false\",steps=5"}  # the default downloads ImageNet VGG-16 weights
 
 
 @pytest.mark.parametrize(
@@ -239,8 +239,20 @@ def test_attacks_declare_a_supported_kind_and_norms():
         assert set(cls.norms) <= {"Linf", "L2"} and cls.norms, name
 
 
+@needs_cifar
+def test_ssp_takes_a_registered_classifiers_layer_as_its_features(shared_data):
+    attack = registry.build("attacks", 'ssp:features="resnet18-standard:layer=net.layer2",steps=3,step_size=4/255')
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    threat = ThreatModel("Linf", 16 / 255)
+    x_adv = attack(torch.nn.Identity(), x, torch.zeros(2, dtype=torch.long), threat, seed=0)
+    features = attack.features(x.device)
+    assert (threat.violation(x_adv, x) <= 1e-6).all()
+    with torch.no_grad():
+        assert (features(x_adv) - features(x)).abs().mean().item() > 0.01
+
+
 def test_ssp_distorts_features_more_than_its_random_start():
-    attack = registry.build("attacks", "ssp:pretrained=false,steps=10")
+    attack = registry.build("attacks", "ssp:features=\"vgg16:pretrained=false\",steps=10")
     x = registry.build("datasets", "synthetic:image_size=16,size=4").load(n=4).x
     threat = ThreatModel("Linf", 16 / 255)
     features = attack.features(x.device)

@@ -425,7 +425,7 @@ RUN_THREATS = {"Linf": ThreatModel("Linf", 8 / 255), "L2": ThreatModel("L2", 1.0
 # Options that only make a run short (fewer steps, no download); other attacks run with their defaults.
 FAST_OPTIONS = {
     "pgd": "steps=3", "bpda-eot": "steps=3", "mask-adaptive": "steps=3", "restored-pgd": "steps=3",
-    "ssp": "pretrained=false,steps=3", "mifgsm": "steps=3", "vmifgsm": "steps=3,N=2", "vnifgsm": "steps=3,N=2",
+    "ssp": "features=\"vgg16:pretrained=false\",steps=3", "mifgsm": "steps=3", "vmifgsm": "steps=3,N=2", "vnifgsm": "steps=3,N=2",
     "dim": "steps=3", "tidim": "steps=3", "sinitidim": "steps=3,scales=2",
 }
 

@@ -137,3 +137,12 @@ def test_ascend_raises_the_loss_and_can_skip_projection(tiny):
     assert not x_adv.requires_grad
     free = ascend(loss_of, x, LINF, steps=10, step_size=2 / 255, start="none", project=False)
     assert (LINF.distance(free, x) > LINF.eps).any(), "10 unprojected steps of 2/255 leave an 8/255 ball"
+
+
+def test_noise_image_start_is_a_projected_gaussian_image_drawn_like_ssp():
+    threat = ThreatModel("Linf", 16 / 255)
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    start = random_start(x, threat, "noise-image", generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(start, threat.project(noise, x))
+    assert (threat.violation(start, x) <= 1e-6).all() and (start - x).abs().max().item() > 8 / 255
