@@ -110,6 +110,43 @@ class ImageNetVal(FileImageDataset):
         return {name: wnids[name] for name in folders}
 
 
+class ImageNetTrain(ImageNetVal):
+    """ImageNet-1k training images from an ImageFolder tree ``imagenet/train/<wnid>/*.JPEG`` (split ``train``).
+
+    ``per_class=K`` keeps the first K files of every class in sorted order (RDP trains its
+    purifier on 25 per class, 25,000 images); preprocessing and labels are those of
+    :class:`ImageNetVal` (resize and centre-crop ``size``), and training recipes crop further.
+    """
+
+    name = "imagenet-train"
+    splits = ("train",)
+    hint = "or pass the folder itself as imagenet-train:path=DIR (ImageNet cannot be downloaded automatically)."
+
+    def __init__(self, *, per_class: int | None = None, path: str | None = None, **kwargs):
+        super().__init__(path=path, **kwargs)
+        if per_class is not None and (isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1):
+            raise ValueError(f"per_class must be a positive integer (RDP: 25), got {per_class!r}")
+        self.per_class = per_class
+        if path is None:
+            self.folder = self.root / "imagenet" / "train"
+
+    def load(self, *, split: str = "train", n: int | None = None, seed: int | None = None) -> Examples:
+        """Return ``n`` training examples (all by default) chosen by ``seed``, decoding only those."""
+        return super().load(split=split, n=n, seed=seed)
+
+    def _listing(self, n):
+        ids, labels, read = super()._listing(n)
+        if self.per_class is None:
+            return ids, labels, read
+        seen: dict[int, int] = {}
+        keep = []
+        for i, label in enumerate(labels):
+            seen[int(label)] = seen.get(int(label), 0) + 1
+            if seen[int(label)] <= self.per_class:
+                keep.append(i)
+        return [ids[i] for i in keep], labels[keep], lambda i: read(keep[i])
+
+
 class NIPS17Dev(FileImageDataset):
     """NIPS 2017 adversarial competition DEV set (Kurakin et al. 2018): 1000 ImageNet-compatible 299x299 images.
 
@@ -228,6 +265,11 @@ def _from_1001(path: Path, column: str, values: list[str]) -> np.ndarray:
 def imagenet_val(**kwargs) -> ImageNetVal:
     """ImageNet-1k validation set from an ImageFolder tree (resize + centre crop to ``size``, 1000 classes)."""
     return ImageNetVal(**kwargs)
+
+
+def imagenet_train(**kwargs) -> ImageNetTrain:
+    """ImageNet-1k training images from an ImageFolder tree, optionally the first ``per_class`` per class."""
+    return ImageNetTrain(**kwargs)
 
 
 def nips17_dev(**kwargs) -> NIPS17Dev:

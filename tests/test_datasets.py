@@ -12,7 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from robench import registry
 from robench.data import DataNotFound, cifar10, mnist, svhn
-from robench.imagenet import imagenet_val, nips17_dev
+from robench.imagenet import imagenet_train, imagenet_val, nips17_dev
 from tests.conftest import DATA, needs_cifar
 
 HEAD = DATA / "imagenet_nips17_dev_head.npz"
@@ -125,6 +125,20 @@ def test_imagenet_val_labels_are_imagenet_indices_of_the_wnid_folders(root, timm
     assert examples.ids[0] == "n01440764/ILSVRC2012_val_00000000.JPEG"
     assert examples.ids[-1] == "n15075141/ILSVRC2012_val_00000021.JPEG"
     assert examples.x.shape == (6, 3, 16, 16) and data.image_shape == (3, 16, 16) and data.num_classes == 1000
+
+
+def test_imagenet_train_reads_the_train_tree_and_keeps_the_first_per_class_files(root, timm):
+    fake_val_tree(root / "imagenet" / "train")
+    everything = imagenet_train(size=16, strict=False).load()
+    assert everything.y.tolist() == [0, 0, 1, 1, 999, 999]
+    first = imagenet_train(size=16, strict=False, per_class=1).load()
+    assert first.y.tolist() == [0, 1, 999]
+    assert first.ids == (everything.ids[0], everything.ids[2], everything.ids[4])
+    assert torch.equal(first.x, everything.x[[0, 2, 4]])
+    with pytest.raises(ValueError, match="splits train"):
+        imagenet_train(size=16, strict=False).load(split="test")
+    with pytest.raises(ValueError, match="per_class"):
+        imagenet_train(per_class=0)
 
 
 def test_imagenet_val_resizes_the_shorter_side_then_centre_crops(root, timm):
