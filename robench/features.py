@@ -10,7 +10,6 @@ the recipes run offline and on CIFAR.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from torch import nn

@@ -72,7 +72,7 @@ def test_gradient_reaches_the_input_and_every_parameter():
 def test_saved_state_dict_reloads_to_identical_outputs_and_enters_the_key(tmp_path):
     trained = registry.build("defenses", SMALL + ",init_seed=7")
     path = tmp_path / "rdp.pt"
-    torch.save({"state_dict": trained.purifier.state_dict()}, path)
+    torch.save({"state_dict": trained.state_dict()}, path)
     loaded = registry.build("defenses", f"{SMALL},weights={path}")
     x = images(32)
     assert torch.equal(loaded(x), trained(x))
@@ -82,7 +82,7 @@ def test_saved_state_dict_reloads_to_identical_outputs_and_enters_the_key(tmp_pa
 
 def test_a_checkpoint_of_another_width_is_named(tmp_path):
     path = tmp_path / "wide.pt"
-    torch.save(PurifierNet(width=16, blocks=1).state_dict(), path)
+    torch.save(registry.build("defenses", "rdp:width=16,blocks=1").state_dict(), path)
     with pytest.raises(CheckpointError, match="shape"):
         registry.build("defenses", f"{SMALL},weights={path}")
 

@@ -42,14 +42,16 @@ class RDP(Defense):
             (0.05 in the paper), or ``None`` (default) for static RDP.
         project_eps: NRP's projection radius for the dynamic mode, or ``None`` (default).
         init_seed: seed of the random initialisation, so a spec always builds the same module (0).
-        weights: path of P's state dict as written by ``robench train rdp``, optionally under a
-            ``"state_dict"`` key; loaded with ``weights_only=True``, its sha256 recorded in
+        weights: path of the defense's state dict (``rdp.state_dict()``, P's weights under
+            ``purifier.``) as written by ``robench train rdp``, optionally under a ``"state_dict"`` key; loaded with ``weights_only=True``, its sha256 recorded in
             :attr:`checkpoints` (and so in every cell key).
     """
 
     differentiable = True
     needs_training = True
     version = "1"
+    # ``robench train rdp`` runs this trainer: Algorithm 1 with the reconstruction branch and discriminator.
+    trainer = "robench.defenses.rdp.trainer:RDPTraining"
 
     def __init__(self, *, width: int = 64, blocks: int = 8, noise: "float | None" = None,
                  project_eps: "float | None" = None, init_seed: int = 0, weights: "str | None" = None):
@@ -73,7 +75,7 @@ class RDP(Defense):
         self._checkpoints: dict[str, str] = {}
         if weights is not None:
             obj, digest = load_checkpoint(weights)
-            load_state_dict_strict(self.purifier, state_dict_from(obj, str(weights)), source=str(weights))
+            load_state_dict_strict(self, state_dict_from(obj, str(weights)), source=str(weights))
             self._checkpoints = {Path(weights).name: digest}
 
     @property
