@@ -164,6 +164,18 @@ def test_build_with_bad_kwarg_names_the_spec(spec):
     assert "cannot build defense" in str(info.value)
 
 
+def test_a_typo_in_an_option_names_the_valid_options_and_the_closest_one():
+    with pytest.raises(PluginError) as info:
+        registry.build("defenses", "jpeg:qualty=75")
+    assert "did you mean 'quality'?" in str(info.value) and "its options: quality, surrogate" in str(info.value)
+    with pytest.raises(PluginError, match="did you mean 'steps'"):
+        registry.build("attacks", "restored-pgd:stpes=3")  # **kwargs passed on to PGD count as its own
+    with pytest.raises(PluginError, match="its options: root, download"):
+        registry.build("datasets", "cifar10:rot=x")  # a factory's **kwargs go to the class it returns
+    with pytest.raises(PluginError, match="its options: none"):
+        registry.build("defenses", "none:x=1")
+
+
 def test_build_with_unknown_name():
     with pytest.raises(PluginError, match="did you mean 'jpeg'"):
         registry.build("defenses", "jpg:quality=50")
