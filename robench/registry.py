@@ -158,7 +158,7 @@ def options_of(factory: Any) -> dict[str, inspect.Parameter] | None:
     named = _named(parameters)
     if all(p.kind is not p.VAR_KEYWORD for p in parameters):
         return named
-    returned = _returned_class(factory)
+    returned = returned_class(factory)
     forwarded = options_of(returned) if returned is not None else None
     return None if forwarded is None else {**forwarded, **named}
 
@@ -191,7 +191,8 @@ def _named(parameters: list[inspect.Parameter]) -> dict[str, inspect.Parameter]:
     return {p.name: p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
-def _returned_class(factory: Any) -> type | None:
+def returned_class(factory: Any) -> type | None:
+    """The class a factory function is annotated to return (None for classes, or when not annotated)."""
     if not inspect.isfunction(factory):
         return None
     try:
