@@ -71,7 +71,7 @@ def _provenance_lines(provenance: dict, attack: str) -> list[str]:
     versions = ", ".join(f"{k} {env[k]}" for k in ("robench", "torch", "torchattacks", "python") if k in env)
     plugins = [f"{attack} v{provenance['attack_version']}"] if "attack_version" in provenance else []
     plugins += [f"{name} v{version}" for name, version in provenance.get("defense_versions", {}).items()]
-    checkpoints = [f"{owner}: {name} sha256 {sha[:16]}"
+    checkpoints = [f"{owner}: {name} sha256 {sha}"
                    for owner, found in provenance.get("checkpoints", {}).items() for name, sha in _flat(found)]
     lines = [("machine", machine_label(env) if env else ""), ("versions", versions),
              ("plugin versions", ", ".join(plugins)), ("data sha256", str(provenance.get("data", ""))[:16])]
