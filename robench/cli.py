@@ -1,33 +1,67 @@
-"""The ``robench`` command line: ls, run, leaderboard, report, show."""
+"""The ``robench`` command line: ls, run, leaderboard, report, show, train.
+
+Only click, the registry and the store are imported up front: ``robench --help`` and
+``robench ls`` never import torch. Each command imports what it computes with, and ``train``
+is loaded when it is called (:class:`LazyGroup`).
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import sys
+from importlib import import_module
 from pathlib import Path
 
 import click
 from tabulate import tabulate
 
 from robench import registry
-from robench.grid import Benchmark, adhoc_name, expand, load_benchmark
-from robench.paper import PaperReportError, paper_folder, write_paper_report
-from robench.report import leaderboard, render_markdown, write_leaderboard
-from robench.resolve import ConfigError
-from robench.env import pick_device
-from robench.runner import run_grid
+from robench.errors import ConfigError
 from robench.spec import SpecError
 from robench.store import DEFAULT_RESULTS, Store, store_in
-from robench.train.command import train_command
 
 STORE_HELP = f"Result store (default: robench.sqlite in the results folder, {DEFAULT_RESULTS}/)."
 USAGE_ERRORS = (SpecError, ConfigError, registry.PluginError, FileNotFoundError)
+INTERRUPTED = 130  # the shell's exit code for Ctrl-C (128 + SIGINT)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A click group whose ``lazy`` subcommands (name -> (``module:attribute``, short help)) load when called."""
+
+    def __init__(self, *args, lazy: dict[str, tuple[str, str]] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy and name not in self.commands:
+            module, _, attribute = self.lazy[name][0].partition(":")
+            self.add_command(getattr(import_module(module), attribute), name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names), default=0)
+        rows = [
+            (name, self.lazy[name][1] if name not in self.commands else self.commands[name].get_short_help_str(limit))
+            for name in names
+            if name not in self.commands or not self.commands[name].hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy={"train": ("robench.train.command:train_command", "Train a target model, or a learned defense.")},
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Exit codes: 0 done; 1 some cells failed; 2 bad input (nothing ran); 130 interrupted (rerun to resume).",
+)
 @click.version_option(package_name="robench")
 def main():
     """robench: benchmark adversarial purification defenses against strong attacks."""
@@ -35,34 +69,30 @@ def main():
 
 @main.command("ls")
 @click.argument("kind", type=click.Choice(list(registry.GROUPS)), default="defenses")
-def ls_command(kind):
-    """List registered plugins of one KIND with their attributes and providers."""
-    rows = []
-    for name in registry.names(kind):
+@click.argument("name", required=False)
+def ls_command(kind, name):
+    """List the plugins of one KIND, or document plugin NAME (options, attributes, provider)."""
+    from robench import describe
+
+    if name:
         try:
-            record = registry.info(kind, name)
-            obj = registry.load(kind, name)
-            rows.append([name, record.value, _attributes(kind, obj), record.provider])
+            click.echo(describe.describe(kind, name), nl=False)
         except registry.PluginError as err:
-            rows.append([name, "", f"ERROR: {err}", ""])
-    click.echo(tabulate(rows, headers=["name", "object", "attributes", "provided by"], tablefmt="simple"))
-
-
-def _attributes(kind: str, obj) -> str:
-    if kind == "defenses":
-        text = f"stochastic={obj.stochastic} differentiable={obj.differentiable} version={obj.version}"
-        # a learned defense that is randomly initialised unless given weights declares needs_training
-        return text + (" learned: untrained without weights=" if getattr(obj, "needs_training", False) else "")
-    if kind == "attacks":
-        return f"kind={obj.kind} norms={','.join(obj.norms)} version={obj.version}"
-    if kind == "benchmarks":
-        return _first_sentence(load_benchmark(str(obj)).description)
-    return _first_sentence(obj.__doc__ or "")
-
-
-def _first_sentence(text: str, width: int = 80) -> str:
-    sentence = re.split(r"(?<!\bal)\. ", " ".join(text.split()))[0]  # "et al. 2016" ends no sentence
-    return sentence if len(sentence) <= width else sentence[: width - 3] + "..."
+            raise click.UsageError(str(err)) from None
+        return
+    rows = []
+    for plugin in registry.names(kind):
+        try:
+            found = describe.summary(kind, plugin)
+            rows.append([plugin, found.description, found.attribute_text(kind), registry.info(kind, plugin).provider])
+        except registry.PluginError as err:  # a broken plugin shows up here instead of hiding the others
+            rows.append([plugin, f"ERROR: {err}", "", ""])
+    headers = ["name", "description", "attributes", "provided by"]
+    rows = [[name, describe.wrap(text, 60), describe.wrap(attributes, 26), provider]
+            for name, text, attributes, provider in rows]
+    if kind not in describe.LISTED:
+        rows, headers = [r[:2] + r[3:] for r in rows], headers[:2] + headers[3:]
+    click.echo(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
 
 
 @main.command("run")
@@ -94,6 +124,11 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
                 restore_from, n, sample_seed, seed, draws, eot, batch_size, name, store_path, results_dir, data_root,
                 device, progress):
     """Run a registered BENCHMARK (or grid file), or an ad-hoc grid given by options."""
+    from robench.env import pick_device
+    from robench.grid import Benchmark, adhoc_name, expand, load_benchmark
+    from robench.report import leaderboard, render_markdown, write_leaderboard
+    from robench.runner import run_grid
+
     store_path = store_path or store_in(results_dir)
     if data_root:
         os.environ["ROBENCH_DATA"] = data_root
@@ -118,13 +153,38 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
             frame = leaderboard(store, title)
     except USAGE_ERRORS as err:
         raise click.UsageError(str(err)) from None
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted; every finished batch is kept in {store_path}: rerun the same command to resume",
+                   err=True)
+        sys.exit(INTERRUPTED)
     click.echo(render_markdown(frame, title=title, commands=[]))
     click.echo(f"{len(result.computed)} cells computed, {len(result.cached)} found in the store, "
                f"{len(result.failed)} failed, {len(result.missing)} missing. Leaderboard: {csv_path}, {md_path}")
-    for key, message in result.failed.items():
-        click.echo(f"FAILED {key[:12]}: {message}", err=True)
+    for message, keys in _grouped(result.failed).items():
+        click.echo(f"FAILED {_some(keys)}: {message}", err=True)
     if not result.ok:
         sys.exit(1)
+
+
+def _grouped(messages: dict[str, str]) -> dict[str, list[str]]:
+    """Cell keys by message, so a reason shared by many cells is printed once."""
+    grouped: dict[str, list[str]] = {}
+    for key, message in messages.items():
+        grouped.setdefault(message, []).append(key[:12])
+    return grouped
+
+
+def _some(keys: list[str], shown: int = 3) -> str:
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return f"{len(keys)} cell{'s' * (len(keys) != 1)} ({', '.join(keys[:shown])}{more})"
+
+
+def existing_store(store_path: "str | None", results_dir: "str | Path") -> Path:
+    """The store a read-only command opens; never created: a missing one is a usage error."""
+    path = Path(store_path) if store_path else store_in(results_dir)
+    if not path.is_file():
+        raise click.UsageError(f"no store at {path}; run a benchmark first (robench run ...) or pass --store PATH")
+    return path
 
 
 @main.command("leaderboard")
@@ -133,10 +193,9 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
 @click.option("--results", "results_dir", type=click.Path(file_okay=False), default=str(DEFAULT_RESULTS), show_default=True)
 def leaderboard_command(benchmarks, store_path, results_dir):
     """Regenerate leaderboards (all benchmarks in the store, or the named ones) from the store alone."""
-    store_path = store_path or store_in(results_dir)
-    if not Path(store_path).is_file():
-        raise click.UsageError(f"no store at {store_path}; run a benchmark first or pass --store PATH")
-    with Store(store_path) as store:
+    from robench.report import write_leaderboard
+
+    with Store(existing_store(store_path, results_dir)) as store:
         names = list(benchmarks) or store.benchmarks()
         unknown = set(names) - set(store.benchmarks())
         if unknown:
@@ -156,40 +215,60 @@ def leaderboard_command(benchmarks, store_path, results_dir):
               help="Folder of the paper's table CSVs (default: the copy shipped with PAPER's benchmarks).")
 def report_command(paper, benchmarks, store_path, results_dir, paper_dir):
     """Write PAPER's tables (e.g. dir2023) in the paper's layout, robench's numbers beside the paper's."""
-    store_path = store_path or store_in(results_dir)
-    if not Path(store_path).is_file():
-        raise click.UsageError(f"no store at {store_path}; run the {paper} benchmarks first or pass --store PATH")
+    from robench.paper import PaperReportError, paper_entries, paper_folder, write_paper_report
+
+    path = existing_store(store_path, results_dir)
     try:
         folder = Path(paper_dir) if paper_dir else paper_folder(paper)
-        with Store(store_path) as store:
+        with Store(path) as store:
+            if not paper_entries(store, {p.stem for p in folder.glob("*.csv")}, list(benchmarks) or None):
+                raise click.UsageError(_nothing_to_report(paper, folder, path, benchmarks))
             paths = write_paper_report(store, folder, Path(results_dir) / paper, list(benchmarks) or None)
     except PaperReportError as err:
         raise click.UsageError(str(err)) from None
-    for path in paths:
-        click.echo(str(path))
+    for written in paths:
+        click.echo(str(written))
+
+
+def _nothing_to_report(paper: str, folder: Path, store_path: Path, benchmarks: tuple[str, ...]) -> str:
+    where = f"the cells of {', '.join(benchmarks)}" if benchmarks else f"{store_path}"
+    shipped = [n for n in registry.names("benchmarks") if registry.benchmark_path(n).parent == folder.parent]
+    how = (f"compute them first, e.g. `robench run {shipped[0]}` (the {paper} benchmarks: {', '.join(shipped)})"
+           if shipped else "compute them first by running the benchmarks whose grid files label cells for these tables")
+    return f"no cell in {where} fills a {paper} table, so there is nothing to report; {how}"
 
 
 @main.command("show")
 @click.argument("key")
 @click.option("--store", "store_path", type=click.Path(dir_okay=False), help=STORE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the stored record as raw JSON.")
 @click.option("--examples/--no-examples", default=False, help="Also print the per-example outcomes.")
-def show_command(key, store_path, examples):
-    """Show one stored cell (KEY or a unique prefix): spec, summary, flags, provenance."""
-    store_path = store_path or store_in(DEFAULT_RESULTS)
-    with Store(store_path) as store:
+def show_command(key, store_path, as_json, examples):
+    """Show one stored cell (KEY or a unique prefix): spec, accuracies with CI, flags, timing, provenance."""
+    from robench.show import render_cell, render_examples
+
+    with Store(existing_store(store_path, DEFAULT_RESULTS)) as store:
         found = store.find_cells(key)
-        if len(found) != 1:
-            raise click.UsageError(f"{len(found)} cells match {key!r}; give a longer key prefix")
+        if not found:
+            raise click.UsageError(f"no stored cell has a key starting with {key!r}; the key column of a "
+                                   f"leaderboard (robench leaderboard) lists them")
+        if len(found) > 1:
+            raise click.UsageError(f"{len(found)} cells have keys starting with {key!r} "
+                                   f"({', '.join(r.key[:12] for r in found[:5])}); give a longer key prefix")
         record = found[0]
+        rows = store.examples(record.key) if examples else None
+    if as_json:
         payload = {"key": record.key, "status": record.status, "spec": record.spec, "summary": record.summary,
                    "flags": record.flags, "error": record.error, "wall_s": record.wall_s,
                    "provenance": record.provenance}
-        if examples:
-            payload["examples"] = store.examples(record.key)
-    click.echo(json.dumps(payload, indent=2, sort_keys=True))
+        if rows is not None:
+            payload["examples"] = rows
+        click.echo(json.dumps(payload, indent=2, sort_keys=True))
+        return
+    click.echo(render_cell(record))
+    if rows is not None:
+        click.echo(render_examples(rows))
 
-
-main.add_command(train_command)
 
 if __name__ == "__main__":
     main()

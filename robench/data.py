@@ -18,10 +18,15 @@ import numpy as np
 import torch
 
 from robench.env import DATA_ENV, data_root, offline
+from robench.errors import ConfigError
 
 
 class DataNotFound(FileNotFoundError):
     """No copy of a dataset was found and none could be downloaded; says where robench looked."""
+
+
+class NotEnoughData(ConfigError):
+    """A dataset copy holds fewer images than asked for; says how many it holds."""
 
 
 @dataclass(frozen=True)
@@ -74,11 +79,15 @@ class ImageDataset:
     def __init__(self, *, root: "str | Path | None" = None, download: bool = True):
         self.root = data_root(root)
         self.download = download and not offline()
+        self.download_error: str | None = None  # why the last download failed, shown in the not-found message
 
     def load(self, *, split: str = "test", n: int | None = None, seed: int | None = None) -> Examples:
         """Return ``n`` examples of ``split`` chosen by ``seed`` (None: the first ``n``)."""
         self._check_split(split)
         images, labels, official = self._arrays(split, n)
+        if n is not None and n > len(images):
+            raise NotEnoughData(f"{self.name} {split} split: asked for n={n} images, but it holds {len(images)}; "
+                                f"use -n {len(images)} or fewer")
         rows = select(len(images), n, seed)
         x = torch.from_numpy(np.ascontiguousarray(images[rows]))
         x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
@@ -94,19 +103,37 @@ class ImageDataset:
     def _arrays(self, split: str, n: int | None) -> tuple[np.ndarray, np.ndarray, "np.ndarray | None"]:
         raise NotImplementedError
 
+    def _try_download(self, fetch: Callable[[], "tuple | None"]) -> "tuple | None":
+        """Run a download (and read) when downloads are allowed; keep its error for the not-found message."""
+        if not self.download:
+            return None
+        try:
+            return fetch()
+        except (OSError, RuntimeError) as err:
+            self.download_error = f"{type(err).__name__}: {err}"
+            return None
+
     def _not_found(self, looked_for: list["str | Path"], why: str = "") -> DataNotFound:
         # strings name files under the data root; Paths are already complete (e.g. from a path= option)
         where = "\n".join(f"  - {p if isinstance(p, Path) else self.root / p}" for p in looked_for)
         return DataNotFound(
             f"{self.name} {why}not found. robench looked for:\n{where}\n"
-            f"Point robench at a folder holding one of these with --data-root DIR or {DATA_ENV}=DIR, {self.hint}"
+            f"Point robench at a folder holding one of these with --data-root DIR or {DATA_ENV}=DIR{self._fix()}"
         )
+
+    def _fix(self) -> str:
+        if self.download_error is not None:
+            return f".\nThe download was tried and failed: {self.download_error}"
+        return f", {self.hint}"
 
 
 def _from_torchvision(factory: Callable, root: Path, train: bool, download: bool):
+    """torchvision's copy as arrays; None when absent (a failed download raises)."""
     try:
         ds = factory(str(root), train=train, download=download)
     except RuntimeError:
+        if download:
+            raise
         return None
     data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else ds.data
     return np.asarray(data), np.asarray(ds.targets), None
@@ -128,20 +155,22 @@ class CIFAR10(ImageDataset):
         if found is not None:
             return found
         head = self.root / self._heads[split]
-        if head.is_file():
-            arrays = np.load(head)
-            if n is None or n <= len(arrays["x"]):
-                return arrays["x"], arrays["y"], _head_index(split, len(arrays["y"]))
-        if self.download:
-            try:
-                found = _from_torchvision(torchvision.datasets.CIFAR10, self.root, split == "train", True)
-            except OSError:
-                found = None
-            if found is not None:
-                return found
-        held = f"; {head.name} holds only {len(np.load(head)['y'])}" if head.is_file() else ""
+        arrays = np.load(head) if head.is_file() else None
+        if arrays is not None and (n is None or n <= len(arrays["x"])):
+            return arrays["x"], arrays["y"], _head_index(split, len(arrays["y"]))
+        train = split == "train"
+        found = self._try_download(lambda: _from_torchvision(torchvision.datasets.CIFAR10, self.root, train, True))
+        if found is not None:
+            return found
+        if arrays is not None:
+            raise NotEnoughData(
+                f"cifar10 {split} split: asked for n={n} images, but the offline head {head} holds "
+                f"{len(arrays['y'])}; use -n {len(arrays['y'])} or fewer, or put torchvision's full copy "
+                f"(cifar-10-batches-py/) in "
+                f"{self.root} (--data-root DIR or {DATA_ENV}=DIR){self._fix() if self.download_error else ''}"
+            )
         raise self._not_found(
-            ["cifar-10-batches-py/ (torchvision's copy)", f"{head.name} (offline head)"], f"({split} split, n={n}{held}) "
+            ["cifar-10-batches-py/ (torchvision's copy)", f"{head.name} (offline head)"], f"({split} split, n={n}) "
         )
 
 
@@ -172,13 +201,10 @@ class MNIST(ImageDataset):
         if split == "test" and npz.is_file():
             arrays = np.load(npz)
             return arrays["x"], arrays["y"], None
-        if self.download:
-            try:
-                found = _from_torchvision(torchvision.datasets.MNIST, self.root, split == "train", True)
-            except OSError:
-                found = None
-            if found is not None:
-                return found
+        train = split == "train"
+        found = self._try_download(lambda: _from_torchvision(torchvision.datasets.MNIST, self.root, train, True))
+        if found is not None:
+            return found
         looked = ["MNIST/raw/ (torchvision's copy)"] + (["mnist_test.npz (offline test split)"] if split == "test" else [])
         raise self._not_found(looked, f"({split} split) ")
 
@@ -197,18 +223,19 @@ class SVHN(ImageDataset):
         for folder in (self.root, self.root / "svhn"):
             if (folder / filename).is_file():
                 return _read_svhn(folder / filename)
-        if self.download:
-            from torchvision.datasets import SVHN as TorchvisionSVHN
-            from torchvision.datasets.utils import download_url
-
-            url, _, md5 = TorchvisionSVHN.split_list[split]
-            try:
-                download_url(url, str(self.root / "svhn"), filename, md5)
-            except (OSError, RuntimeError):
-                pass
-            else:
-                return _read_svhn(self.root / "svhn" / filename)
+        found = self._try_download(lambda: self._fetch(split, filename))
+        if found is not None:
+            return found
         raise self._not_found([filename, f"svhn/{filename}"], f"({split} split) ")
+
+
+    def _fetch(self, split: str, filename: str) -> tuple:
+        from torchvision.datasets import SVHN as TorchvisionSVHN
+        from torchvision.datasets.utils import download_url
+
+        url, _, md5 = TorchvisionSVHN.split_list[split]
+        download_url(url, str(self.root / "svhn"), filename, md5)
+        return _read_svhn(self.root / "svhn" / filename)
 
 
 def _read_svhn(path: Path) -> tuple[np.ndarray, np.ndarray, None]:

@@ -70,7 +70,11 @@ def adhoc_name(cells: "tuple[Cell, ...] | list[Cell]") -> str:
 def load_benchmark(name_or_path: str, overrides: dict[str, Any] | None = None) -> Benchmark:
     """Load a registered benchmark by name, or a grid file by path, with scalar overrides (e.g. ``n``)."""
     path = Path(name_or_path)
-    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+    if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        if not path.is_file():
+            raise SpecError(f"grid file {name_or_path} not found (relative paths start at {Path.cwd()}); give the "
+                            "path of a grid .yaml file or a registered benchmark name (`robench ls benchmarks`)")
+    else:
         path = registry.benchmark_path(name_or_path)
     with open(path) as handle:
         try:

@@ -9,7 +9,9 @@ a plugin is imported on first use and checked against its group's base class.
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
+import typing
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import import_module, metadata, resources
@@ -135,10 +137,85 @@ def build(kind: str, spec: "str | Spec") -> Any:
     """Construct the plugin a spec names, passing its keyword arguments."""
     spec = parse_spec(spec)
     factory = load(kind, spec.name)
+    _check_options(kind, spec, factory)
     try:
         return factory(**spec.options)
     except TypeError as err:
         raise PluginError(f"cannot build {kind[:-1]} {str(spec)!r}: {err}") from err
+
+
+def options_of(factory: Any) -> dict[str, inspect.Parameter] | None:
+    """The keyword options a plugin's class or factory accepts (None: unknown, so any).
+
+    ``**kwargs`` of a class's ``__init__`` are taken as passed on to the next ``__init__`` of its
+    MRO, and those of a factory function to the class it is annotated to return.
+    """
+    if isinstance(factory, type):
+        return _class_options(factory)
+    parameters = _parameters(factory)
+    if parameters is None:
+        return None
+    named = _named(parameters)
+    if all(p.kind is not p.VAR_KEYWORD for p in parameters):
+        return named
+    returned = returned_class(factory)
+    forwarded = options_of(returned) if returned is not None else None
+    return None if forwarded is None else {**forwarded, **named}
+
+
+def _class_options(cls: type) -> dict[str, inspect.Parameter] | None:
+    named: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        if klass is object:
+            return named
+        parameters = _parameters(init)
+        if parameters is None:
+            return None
+        named = {**_named(parameters[1:]), **named}  # parameters[0] is self; a subclass's default wins
+        if all(p.kind is not p.VAR_KEYWORD for p in parameters):
+            return named
+    return named
+
+
+def _parameters(function: Any) -> list[inspect.Parameter] | None:
+    try:
+        return list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C-extension callable without a signature
+        return None
+
+
+def _named(parameters: list[inspect.Parameter]) -> dict[str, inspect.Parameter]:
+    return {p.name: p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def returned_class(factory: Any) -> type | None:
+    """The class a factory function is annotated to return (None for classes, or when not annotated)."""
+    if not inspect.isfunction(factory):
+        return None
+    try:
+        returned = typing.get_type_hints(factory).get("return")
+    except Exception:  # an annotation that does not resolve: the options cannot be known
+        return None
+    return returned if isinstance(returned, type) else None
+
+
+def _check_options(kind: str, spec: Spec, factory: Any) -> None:
+    accepted = options_of(factory)
+    unknown = sorted(set(spec.options) - set(accepted)) if accepted is not None else []
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, list(accepted), n=1, cutoff=0.5)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    valid = ", ".join(accepted) or "none"
+    raise PluginError(
+        f"cannot build {kind[:-1]} {str(spec)!r}: {spec.name} has no option {', '.join(hints)}; "
+        f"its options: {valid} (`robench ls {kind} {spec.name}` documents them)"
+    )
 
 
 def benchmark_path(name: str) -> Path:

@@ -188,9 +188,19 @@ def render_markdown(frame: pd.DataFrame, *, title: str, commands: list[str]) -> 
         lines += ["", "Flags:", ""] + [f"- `{f}`: {FLAG_DOCS[f]}" for f in present]
     missing = frame[frame["status"] == "missing"]
     if len(missing):
-        lines += ["", f"Missing cells ({len(missing)}; not computed, no numbers):", ""]
-        lines += [f"- {r.defense} | {r.attack} | {r.model} | {r.dataset}: {r.reason}" for r in missing.itertuples()]
+        lines += ["", f"Missing cells ({len(missing)}; not computed, no numbers), by reason:", ""]
+        lines += _missing_by_reason(missing)
     return "\n".join(lines) + "\n"
+
+
+def _missing_by_reason(missing: pd.DataFrame, shown: int = 3) -> list[str]:
+    """One line per reason: how many cells it keeps out, and a few of them."""
+    lines = []
+    for reason, group in missing.groupby("reason", sort=False):
+        names = [f"{r.defense} | {r.attack} | {r.model} | {r.dataset}" for r in group.itertuples()]
+        more = f"; and {len(names) - shown} more" if len(names) > shown else ""
+        lines.append(f"- {len(names)} cell{'s' * (len(names) != 1)}: {reason} (e.g. {'; '.join(names[:shown])}{more})")
+    return lines
 
 
 def write_leaderboard(store: Store, benchmark: str, out_dir: "str | Path") -> tuple[Path, Path]:

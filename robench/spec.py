@@ -159,7 +159,7 @@ def parse_eps(text: "str | float", *, norm: str = "Linf") -> float:
     value = float(value)
     if not math.isfinite(value) or value <= 0:
         raise SpecError(f"eps {text!r} must be a positive finite number")
-    if norm == "Linf" and value > 1:
+    if str(norm).strip().lower() == "linf" and value > 1:
         raise SpecError(
             f"eps {text!r} = {value:g} exceeds 1, larger than the whole [0, 1] pixel range for Linf; "
             "give it in [0, 1] units, e.g. 8/255"

@@ -16,6 +16,14 @@ ABSOLUTE_TOLERANCE = 1e-6
 L2_RELATIVE_TOLERANCE = 1e-5
 
 
+def canonical_norm(norm: str) -> str:
+    """A norm's canonical spelling (``linf`` -> ``Linf``, ``l2`` -> ``L2``); unknown norms raise :class:`SpecError`."""
+    found = {n.lower(): n for n in NORMS}.get(str(norm).strip().lower())
+    if found is None:
+        raise SpecError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+    return found
+
+
 class ThreatModelViolation(RuntimeError):
     """An adversarial example lies outside the threat model; never silently clipped."""
 
@@ -29,8 +37,7 @@ class ThreatModel:
     bounds: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self):
-        if self.norm not in NORMS:
-            raise SpecError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+        object.__setattr__(self, "norm", canonical_norm(self.norm))
         object.__setattr__(self, "eps", parse_eps(self.eps, norm=self.norm))
         lo, hi = self.bounds
         if not lo < hi:

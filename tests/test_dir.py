@@ -312,5 +312,8 @@ def test_bad_images_and_masks_are_named(cifar):
 
 def test_ls_says_an_unweighted_dir_is_untrained():
     result = CliRunner().invoke(main, ["ls", "defenses"], catch_exceptions=False)
-    row = next(line for line in result.output.splitlines() if line.startswith("dir "))
-    assert "stochastic=True differentiable=True" in row and "untrained without weights=" in row
+    lines = result.output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("dir "))
+    end = next((i for i in range(start + 1, len(lines)) if not lines[i][:1].isspace()), len(lines))
+    row = " ".join(" ".join(lines[start:end]).split())  # the row's wrapped lines
+    assert "stochastic=True" in row and "differentiable=True" in row and "untrained without weights=" in row

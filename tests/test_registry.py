@@ -77,8 +77,16 @@ def python(root: Path, code: str, **extra: str) -> subprocess.CompletedProcess:
 
 
 def ls_rows(output: str) -> dict[str, str]:
-    """``robench ls`` table rows keyed by plugin name (the first column)."""
-    return {line.split()[0]: line for line in output.splitlines()[2:] if line.strip()}
+    """``robench ls`` table rows keyed by plugin name (the first column), wrapped lines joined."""
+    rows: dict[str, str] = {}
+    name = None
+    for line in output.splitlines()[2:]:
+        if line.strip() and not line[0].isspace():
+            name = line.split()[0]
+            rows[name] = line
+        elif line.strip() and name is not None:
+            rows[name] += " " + line.strip()
+    return rows
 
 
 # --- built-ins, in process --------------------------------------------------------------------
@@ -164,6 +172,18 @@ def test_build_with_bad_kwarg_names_the_spec(spec):
     assert "cannot build defense" in str(info.value)
 
 
+def test_a_typo_in_an_option_names_the_valid_options_and_the_closest_one():
+    with pytest.raises(PluginError) as info:
+        registry.build("defenses", "jpeg:qualty=75")
+    assert "did you mean 'quality'?" in str(info.value) and "its options: quality, surrogate" in str(info.value)
+    with pytest.raises(PluginError, match="did you mean 'steps'"):
+        registry.build("attacks", "restored-pgd:stpes=3")  # **kwargs passed on to PGD count as its own
+    with pytest.raises(PluginError, match="its options: root, download"):
+        registry.build("datasets", "cifar10:rot=x")  # a factory's **kwargs go to the class it returns
+    with pytest.raises(PluginError, match="its options: none"):
+        registry.build("defenses", "none:x=1")
+
+
 def test_build_with_unknown_name():
     with pytest.raises(PluginError, match="did you mean 'jpeg'"):
         registry.build("defenses", "jpg:quality=50")
@@ -204,9 +224,11 @@ def test_ls_lists_third_party_plugin_with_provider(tmp_path):
     rows = ls_rows(result.stdout)
     assert "mydef" in rows, result.stdout
     assert "mydefpkg 0.1" in rows["mydef"]
-    assert "mydefpkg.mydef:MyDefense" in rows["mydef"]
     assert "differentiable=True" in rows["mydef"] and "ERROR" not in rows["mydef"]
     assert OWN in rows["jpeg"]
+    described = robench_cli(tmp_path, "ls", "defenses", "mydef")
+    assert described.returncode == 0, described.stderr
+    assert "mydef: defense mydefpkg.mydef:MyDefense, provided by mydefpkg 0.1" in described.stdout
 
 
 def test_disable_autoload_keeps_only_builtins(tmp_path):

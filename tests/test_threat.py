@@ -247,10 +247,15 @@ def test_check_rejects_shape_mismatch():
 # --- construction -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("norm", ["L1", "linf", "l2", "Linfinity", ""])
+@pytest.mark.parametrize("norm", ["L1", "Linfinity", "", "inf"])
 def test_invalid_norm(norm):
     with pytest.raises(SpecError, match="norm"):
         ThreatModel(norm, 8 / 255)
+
+
+@pytest.mark.parametrize("norm, canonical", [("linf", "Linf"), ("LINF", "Linf"), ("l2", "L2"), (" L2 ", "L2")])
+def test_norms_are_read_in_any_case(norm, canonical):
+    assert ThreatModel(norm, 8 / 255).norm == canonical
 
 
 @pytest.mark.parametrize("norm, eps", [("Linf", 0), ("Linf", -8 / 255), ("Linf", 2.0), ("Linf", float("nan")),
