@@ -3,7 +3,7 @@ with it (NRP, Naseer et al. CVPR 2020; RDP, Bai et al.): ``x in [0, 1] -> featur
 
 A spec names F: ``vgg16`` is torchvision's VGG-16 up to relu3_3 with ImageNet normalisation
 (the layer NRP uses, specs A2/A4/D14; ``vgg16:weights=PATH`` reads a state dict,
-``vgg16:pretrained=false`` keeps random weights); any registered model spec with a
+``vgg16:pretrained=false`` keeps random weights, seeded, for tests); any registered model spec with a
 ``layer=NAME`` option takes that module's output (``resnet18-standard:layer=net.layer2``), so
 the recipes run offline and on CIFAR.
 """
@@ -60,8 +60,12 @@ class VGGRelu33(nn.Module):
             state = {k: v for k, v in state_dict_from(obj, str(weights)).items() if k.startswith("features.")}
             load_state_dict_strict(vgg.features, {k.removeprefix("features."): v for k, v in state.items()},
                                    source=str(weights))
-        else:  # torchvision's ImageNet weights: read from the torch cache, downloaded there on first use
-            vgg = torchvision.models.vgg16(weights=torchvision.models.VGG16_Weights.IMAGENET1K_V1 if pretrained else None)
+        elif pretrained:  # torchvision's ImageNet weights: read from the torch cache, downloaded there on first use
+            vgg = torchvision.models.vgg16(weights=torchvision.models.VGG16_Weights.IMAGENET1K_V1)
+        else:  # random weights, the same on every build (tests)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                vgg = torchvision.models.vgg16()
         self.net = vgg.features[:VGG16_RELU3_3]
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)

@@ -121,7 +121,7 @@ class RDPTraining(DefenseTrainer):
         """The frozen feature extractor F of the losses: the self-supervised attack's own (one copy)."""
         try:
             return self.attack.features(device)
-        except (SpecError, ValueError, OSError) as err:
+        except (SpecError, ValueError, OSError, LookupError) as err:
             raise TrainingError(f"rdp:features={self.recipe.features!r}: {err}") from None
 
     @cached_property
