@@ -25,6 +25,15 @@ from robench.store import CellRecord, Store
 
 TEXT_COLUMNS = ("source",)
 NO_CELL = "—"
+UNITS_FILE = "units.yaml"  # table stem -> unit, beside the paper CSVs; tables not listed print accuracy
+# What each unit's value column holds; every unit is computed over all n images of the cell.
+UNITS = {
+    "accuracy": "robench's accuracy in % on the first n test images (n in brackets)",
+    "success-rate": "robench's defense success rate in % (the accuracy w.r.t. the true label, as the paper "
+                    "defines it) on the first n test images (n in brackets)",
+    "error-rate": "robench's error rate in % (100 minus the accuracy: every image the defended model gets "
+                  "wrong, clean or attacked, over all n images, as the paper counts) (n in brackets)",
+}
 
 
 class PaperReportError(ValueError):
@@ -40,6 +49,7 @@ class PaperTable:
     values: tuple[str, ...]
     rows: tuple[dict[str, str], ...]
     source: str
+    unit: str = "accuracy"
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,11 @@ def paper_folder(paper: str) -> Path:
 
 
 def read_paper_tables(folder: "str | Path", row_columns: dict[str, set[str]] | None = None) -> dict[str, PaperTable]:
-    """Read every ``*.csv`` of a paper folder; numeric columns not used as row labels are value columns."""
+    """Read every ``*.csv`` of a paper folder; numeric columns not used as row labels are value columns.
+
+    A ``units.yaml`` beside them maps a table to the unit it prints (:data:`UNITS`; default accuracy).
+    """
+    units = _units(Path(folder))
     tables = {}
     for path in sorted(Path(folder).glob("*.csv")):
         with open(path, newline="") as handle:
@@ -75,8 +89,21 @@ def read_paper_tables(folder: "str | Path", row_columns: dict[str, set[str]] | N
         values = tuple(c for c in columns if c not in TEXT_COLUMNS and c not in labels and all(_is_number(r[c]) for r in rows))
         keys = tuple(c for c in columns if c not in TEXT_COLUMNS and c not in values)
         source = "; ".join(dict.fromkeys(r.get("source", "") for r in rows if r.get("source")))
-        tables[path.stem] = PaperTable(path.stem, keys, values, tuple(rows), source)
+        tables[path.stem] = PaperTable(path.stem, keys, values, tuple(rows), source, units.get(path.stem, "accuracy"))
     return tables
+
+
+def _units(folder: Path) -> dict[str, str]:
+    path = folder / UNITS_FILE
+    if not path.is_file():
+        return {}
+    import yaml
+
+    units = yaml.safe_load(path.read_text()) or {}
+    wrong = {table: unit for table, unit in units.items() if unit not in UNITS}
+    if not isinstance(units, dict) or wrong:
+        raise PaperReportError(f"{path}: units must map table names to one of {', '.join(UNITS)}; got {wrong or units}")
+    return units
 
 
 def paper_entries(store: Store, tables: set[str], benchmarks: list[str] | None = None) -> list[Entry]:
@@ -122,7 +149,7 @@ def layout(table: PaperTable, entries: list[Entry]) -> pd.DataFrame:
                 **{k: paper_row[k] for k in table.keys},
                 "paper_column": column,
                 "paper": paper_row[column],
-                **_robench_numbers(entry),
+                **_robench_numbers(entry, table.unit),
             })
     return pd.DataFrame(records)
 
@@ -140,9 +167,9 @@ def render_paper_markdown(table: PaperTable, frame: pd.DataFrame, entries: list[
     env = [r.provenance.get("environment", {}) for r in done]
     lines = [f"# {table.source or table.name}", ""]
     lines += [
-        "Each value column is robench's accuracy in % on the first n test images (n in brackets); the column "
-        "beside it, marked (paper), is the number the paper prints. For stochastic defenses an example counts "
-        "as robust only if it survives every scoring draw (the per-draw mean is in the CSV).",
+        f"Each value column is {UNITS[table.unit]}; the column beside it, marked (paper), is the number the paper "
+        "prints. For stochastic defenses an example counts as robust only if it survives every scoring draw "
+        "(the per-draw mean is in the CSV).",
         "",
         REPRODUCIBILITY,
         "",
@@ -211,10 +238,10 @@ def _row_index(table: PaperTable, entry: Entry) -> int:
     return hits[0]
 
 
-def _robench_numbers(entry: Entry | None) -> dict:
+def _robench_numbers(entry: Entry | None, unit: str = "accuracy") -> dict:
     numbers = {"robench": math.nan, "robench_n": None, "robench_ci_low": math.nan, "robench_ci_high": math.nan,
-               "robench_draw_mean": math.nan, "robench_metric": "", "robench_status": "", "robench_reason": "",
-               "robench_flags": "", "robench_benchmark": "", "robench_key": ""}
+               "robench_draw_mean": math.nan, "robench_unit": unit, "robench_metric": "", "robench_status": "",
+               "robench_reason": "", "robench_flags": "", "robench_benchmark": "", "robench_key": ""}
     if entry is None:
         return numbers
     metric = entry.labels["metric"]
@@ -230,9 +257,11 @@ def _robench_numbers(entry: Entry | None) -> dict:
     summary = record.summary
     correct = summary[f"{metric}_correct"]
     low, high = wilson_interval(correct, summary["n"])
-    return {**numbers, "robench": 100 * correct / summary["n"], "robench_n": summary["n"],
-            "robench_ci_low": 100 * low, "robench_ci_high": 100 * high,
-            "robench_draw_mean": 100 * summary.get(f"{metric}_draw_acc", math.nan)}
+    accuracy, draw_mean = 100 * correct / summary["n"], 100 * summary.get(f"{metric}_draw_acc", math.nan)
+    if unit == "error-rate":  # the errors' interval is the mirror image of the accuracy's
+        accuracy, low, high, draw_mean = 100 - accuracy, 1 - high, 1 - low, 100 - draw_mean
+    return {**numbers, "robench": accuracy, "robench_n": summary["n"], "robench_unit": unit,
+            "robench_ci_low": 100 * low, "robench_ci_high": 100 * high, "robench_draw_mean": draw_mean}
 
 
 def _cell_text(row: dict) -> str:

@@ -235,3 +235,33 @@ def test_rdp2022_covers_every_printed_number_of_tables_1_to_4_except_averages():
         assert not unclaimed, f"{table}: unclaimed {unclaimed[:3]}"
     sweep = load_benchmark("rdp2022-sweep")
     assert sorted({round(c.threat.eps * 255) for c in sweep.cells}) == [1, 2, 4, 8, 12, 16]
+
+
+def test_a_table_in_error_rates_prints_100_minus_the_accuracy_over_all_images(tmp_path):
+    grid = load_benchmark(grid_file(tmp_path))
+    folder = paper_dir(tmp_path)
+    (folder / "units.yaml").write_text("fake_table: error-rate\n")
+    with Store(tmp_path / "s.sqlite") as store:
+        result = run_grid(list(grid.cells), store, benchmark=grid.name, device=torch.device("cpu"), progress=False,
+                          labels=grid.labels, expected=grid.expected, command="robench run fake.yaml")
+        summaries = {(store.cell(k).spec["defense"], store.cell(k).spec["attack"]): store.cell(k).summary
+                     for k in result.computed}
+        write_paper_report(store, folder, tmp_path / "out")
+    with open(tmp_path / "out" / "fake_table.csv") as handle:
+        rows = {(r["Defense"], r["paper_column"]): r for r in csv.DictReader(handle) if r["Dataset"] == "Synth"}
+    summary = summaries[("none", "fgsm")]
+    fgsm = rows[("None", "FGSM")]
+    assert float(fgsm["robench"]) == pytest.approx(100 - 100 * summary["robust_correct"] / summary["n"])
+    assert float(fgsm["robench_ci_low"]) <= float(fgsm["robench"]) <= float(fgsm["robench_ci_high"])
+    assert fgsm["robench_unit"] == "error-rate"
+    assert "error rate in % (100 minus the accuracy" in (tmp_path / "out" / "fake_table.md").read_text()
+    (folder / "units.yaml").write_text("fake_table: furlongs\n")
+    with pytest.raises(PaperReportError, match="error-rate"):
+        read_paper_tables(folder)
+
+
+def test_rdp2022_tables_declare_their_units():
+    tables = read_paper_tables(paper_folder("rdp2022"))
+    assert tables["rdp_table1_error_rates"].unit == "error-rate"
+    assert tables["rdp_table2_clean_accuracy"].unit == "accuracy"
+    assert tables["rdp_table4_whitebox_targeted_pgd10"].unit == "success-rate"
