@@ -204,7 +204,7 @@ def _missing_by_reason(missing: pd.DataFrame, shown: int = 3) -> list[str]:
 
 
 def write_leaderboard(store: Store, benchmark: str, out_dir: "str | Path") -> tuple[Path, Path]:
-    """Write ``<out_dir>/<benchmark>/leaderboard.csv`` and ``.md`` from the store alone."""
+    """Write ``<out_dir>/<benchmark>/leaderboard.csv`` and ``.md`` from the store alone (and ``eps-sweep.png`` for a sweep)."""
     frame = leaderboard(store, benchmark)
     folder = Path(out_dir) / benchmark
     folder.mkdir(parents=True, exist_ok=True)
@@ -212,6 +212,9 @@ def write_leaderboard(store: Store, benchmark: str, out_dir: "str | Path") -> tu
     frame.to_csv(csv_path, index=False, float_format="%.6g")
     commands = store.commands(benchmark)
     md_path.write_text(render_markdown(frame, title=f"robench leaderboard: {benchmark}", commands=commands))
+    from robench.plots import SWEEP_FILE, write_eps_sweep  # matplotlib only when a leaderboard is written
+
+    write_eps_sweep(frame, folder / SWEEP_FILE)
     return csv_path, md_path
 
 
