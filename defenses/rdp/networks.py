@@ -96,19 +96,23 @@ class ReconstructionNet(nn.Module):
 class Discriminator(nn.Module):
     """VGG-style discriminator D: five conv stages and one fully connected layer (specs A2's choice).
 
-    Each stage is conv3x3 + LeakyReLU(0.2) + conv3x3 (stride 2) + LeakyReLU(0.2), widths
-    ``width * (1, 2, 4, 8, 8)``; a global average pool makes it accept any input size; the FC
-    layer gives one unnormalised score per image.
+    Each stage is conv3x3 + LeakyReLU(0.2) + conv3x3 (stride 2) + BatchNorm + LeakyReLU(0.2),
+    widths ``width * (1, 2, 4, 8, 8)``, batch norm after every convolution but the first, as
+    ESRGAN's VGG-style discriminator (the GAN loss RDP and NRP take from it); without it D's
+    scores grow without bound and, through Adam, the tiny-weighted GAN term takes over P's updates.
+    A global average pool makes it accept any input size; the FC layer gives one unnormalised
+    score per image.
     """
 
     def __init__(self, *, width: int = 64, channels: int = 3):
         super().__init__()
         layers: list[nn.Module] = []
         previous = channels
-        for factor in (1, 2, 4, 8, 8):
+        for stage, factor in enumerate((1, 2, 4, 8, 8)):
             current = width * factor
-            layers += [nn.Conv2d(previous, current, 3, padding=1), nn.LeakyReLU(0.2),
-                       nn.Conv2d(current, current, 3, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            first = [nn.Conv2d(previous, current, 3, padding=1)] + ([nn.BatchNorm2d(current)] if stage else [])
+            layers += [*first, nn.LeakyReLU(0.2),
+                       nn.Conv2d(current, current, 3, stride=2, padding=1), nn.BatchNorm2d(current), nn.LeakyReLU(0.2)]
             previous = current
         self.features = nn.Sequential(*layers)
         self.score = nn.Linear(previous, 1)
