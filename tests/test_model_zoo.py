@@ -122,7 +122,7 @@ def test_small_cnn_takes_mnist_shapes_and_bad_options_are_clear_errors():
         build("small-cnn:size=30")
     with pytest.raises(ValueError, match="num_classes must be an integer of at least 2, got 1"):
         build("resnet18:num_classes=1")
-    with pytest.raises(registry.PluginError, match="unexpected keyword argument 'depth'"):
+    with pytest.raises(registry.PluginError, match="resnet18 has no option 'depth'; its options: weights, num_classes"):
         build("resnet18:depth=34")
 
 
