@@ -7,7 +7,8 @@ import torch
 
 from robench import registry
 from robench.checkpoint import CheckpointError, sha256_of
-from robench.defenses.rdp.networks import Discriminator, PurifierNet, ReconstructionNet
+from robench.defenses.rdp.networks import PurifierNet, ReconstructionNet
+from robench.train.gan import Discriminator, discriminator_loss
 
 SMALL = "rdp:width=8,blocks=1"
 
@@ -106,15 +107,13 @@ def test_reconstruction_branch_and_discriminator_take_any_size():
 
 
 def _nets(seed: int = 0):
-    from robench.defenses.rdp.networks import Discriminator, PurifierNet, ReconstructionNet
-
     torch.manual_seed(seed)
     features = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).requires_grad_(False)
     return features, PurifierNet(width=8, blocks=1), ReconstructionNet(width=8, blocks=1), Discriminator(width=4)
 
 
 def test_each_loss_term_is_its_hand_computation():
-    from robench.defenses.rdp.losses import Weights, discriminator_loss, purifier_loss, reconstruction_loss
+    from robench.defenses.rdp.losses import Weights, purifier_loss, reconstruction_loss
 
     features, purifier, reconstruction, discriminator = _nets()
     x, x_adv = images(32, batch=3, seed=1), images(32, batch=3, seed=2)
@@ -154,7 +153,7 @@ def test_reconstruction_loss_trains_r_only():
 
 
 def test_one_step_lowers_l_p_and_the_discriminator_step_raises_its_margin():
-    from robench.defenses.rdp.losses import discriminator_loss, purifier_loss
+    from robench.defenses.rdp.losses import purifier_loss
 
     features, purifier, _, discriminator = _nets()
     x, x_adv = images(32, batch=4, seed=1), images(32, batch=4, seed=2)

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robench.defenses.rdp.networks import Discriminator, PurifierNet, ReconstructionNet
+from robench.defenses.rdp.networks import PurifierNet, ReconstructionNet
+from robench.train.gan import Discriminator, generator_loss
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,6 @@ class Weights:
     reconstruction_pixel: float = 1e-4
 
 
-def relativistic(winner: torch.Tensor, loser: torch.Tensor) -> torch.Tensor:
-    """``-log sigmoid(winner - loser)`` averaged over the pairs: low when ``winner`` scores above ``loser``."""
-    return F.softplus(loser - winner).mean()
-
-
 def purifier_loss(features: nn.Module, discriminator: Discriminator, purifier: PurifierNet, x: torch.Tensor,
                   x_adv: torch.Tensor, weights: Weights = Weights()
                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -41,12 +37,11 @@ def purifier_loss(features: nn.Module, discriminator: Discriminator, purifier: P
     with torch.no_grad():
         clean_features = features(x)
         latent_clean = purifier.encode(x)
-        clean_score = discriminator(x)
     terms = {
         "feature": F.l1_loss(features(purified), clean_features),
         "pixel": F.l1_loss(purified, x),
         "latent": F.l1_loss(latent_adv, latent_clean),
-        "adversarial": relativistic(winner=discriminator(purified), loser=clean_score),
+        "adversarial": generator_loss(discriminator, x, purified),
     }
     terms["total"] = (terms["feature"] + weights.pixel * terms["pixel"] + weights.latent * terms["latent"]
                       + weights.adversarial * terms["adversarial"])
@@ -63,7 +58,3 @@ def reconstruction_loss(features: nn.Module, reconstruction: ReconstructionNet, 
     terms["total"] = terms["feature"] + weights.reconstruction_pixel * terms["pixel"]
     return terms
 
-
-def discriminator_loss(discriminator: Discriminator, x: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
-    """D's relativistic loss ``-log sigmoid(D(x) - D(P(x')))``: the clean image should score above the purified."""
-    return relativistic(winner=discriminator(x), loser=discriminator(purified.detach()))

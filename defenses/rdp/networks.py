@@ -1,5 +1,6 @@
 """RDP's networks (Bai et al., "Adversarial Purification through Representation Disentanglement"):
-the purification branch P, the reconstruction branch R and the discriminator D of specs A2.
+the purification branch P and the reconstruction branch R of specs A2 (its discriminator D is
+:class:`robench.train.gan.Discriminator`).
 
 No official code exists, so every size below the paper's description is a documented option:
 P and R are "a convolutional layer and multiple basic blocks" adopted from EDVR/DeblurGAN with
@@ -91,31 +92,3 @@ class ReconstructionNet(nn.Module):
     def forward(self, x_adv: torch.Tensor, purifier_latent: torch.Tensor) -> torch.Tensor:
         fused = self.fuse(torch.cat([purifier_latent, self.encoder(x_adv)], dim=1))
         return self.decoder(fused)
-
-
-class Discriminator(nn.Module):
-    """VGG-style discriminator D: five conv stages and one fully connected layer (specs A2's choice).
-
-    Each stage is conv3x3 + LeakyReLU(0.2) + conv3x3 (stride 2) + BatchNorm + LeakyReLU(0.2),
-    widths ``width * (1, 2, 4, 8, 8)``, batch norm after every convolution but the first, as
-    ESRGAN's VGG-style discriminator (the GAN loss RDP and NRP take from it); without it D's
-    scores grow without bound and, through Adam, the tiny-weighted GAN term takes over P's updates.
-    A global average pool makes it accept any input size; the FC layer gives one unnormalised
-    score per image.
-    """
-
-    def __init__(self, *, width: int = 64, channels: int = 3):
-        super().__init__()
-        layers: list[nn.Module] = []
-        previous = channels
-        for stage, factor in enumerate((1, 2, 4, 8, 8)):
-            current = width * factor
-            first = [nn.Conv2d(previous, current, 3, padding=1)] + ([nn.BatchNorm2d(current)] if stage else [])
-            layers += [*first, nn.LeakyReLU(0.2),
-                       nn.Conv2d(current, current, 3, stride=2, padding=1), nn.BatchNorm2d(current), nn.LeakyReLU(0.2)]
-            previous = current
-        self.features = nn.Sequential(*layers)
-        self.score = nn.Linear(previous, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.score(self.features(x).mean(dim=(2, 3))).squeeze(1)
