@@ -59,6 +59,9 @@ EXAMPLE_SPECS: dict[str, list[str]] = {
         'compose:defenses=["bit-depth","median-filter"]',  # deterministic, BPDA over a chain
         'compose:defenses=["gaussian-noise:sigma=0.05","jpeg"]',  # stochastic + non-differentiable
     ],
+    # learned purifiers at a reduced size (the paper size costs seconds per call); static and dynamic modes
+    "nrp": ["nrp:nf=8,nb=2,gc=8", "nrp:arch=resg,nf=8,nb=2,dynamic=true"],
+    "rdp": ["rdp:width=16,blocks=2", "rdp:width=16,blocks=2,noise=0.05"],
 }
 
 ATTACK_KINDS = ("white-box", "transfer", "black-box")
