@@ -42,8 +42,9 @@ class ComDefend(Defense):
     * ``tile=32`` cuts images into 32x32 tiles compressed independently, as the official ImageNet
       script does for 224x224 images; sides that are not multiples of 32 (299) end in a row and a
       column of smaller tiles (11 pixels wide at 299), which the script never meets. Images of at
-      most 32x32 (CIFAR-10, MNIST) are one tile. ``tile=0`` runs the fully convolutional networks
-      on the whole image (measured on NIPS17 DEV images: PSNR within 0.1 dB of tiling);
+      most 32x32 (CIFAR-10, MNIST) are one tile. It is the default because it is the released
+      behaviour; ``tile=0`` runs the fully convolutional networks on the whole image (8 NIPS17 DEV
+      images at 299: median PSNR 29.2 dB tiled, 29.6 dB whole, mean absolute difference 0.011);
     * the reconstruction is returned as floats; the script writes it as an 8-bit PNG in between.
 
     Args:
