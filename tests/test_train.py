@@ -187,6 +187,19 @@ def test_schedule_refuses_bad_values():
         Schedule(epochs=0)
 
 
+
+def test_schedule_betas_reach_adam_and_the_json_and_are_checked():
+    params = [nn.Parameter(torch.zeros(2))]
+    assert Schedule(epochs=1, optimizer="adam").optimizer_for(params).defaults["betas"] == (0.9, 0.999)
+    schedule = Schedule(epochs=1, optimizer="adam", betas=[0.5, 0.999])
+    assert schedule.optimizer_for(params).defaults["betas"] == (0.5, 0.999)
+    assert schedule.to_json()["betas"] == [0.5, 0.999]
+    assert schedule.with_overrides(lr=1e-2).betas == (0.5, 0.999)
+    for bad in ((0.5,), (1.0, 0.999), 0.5, (True, 0.9)):
+        with pytest.raises(TrainingError, match="betas must be two numbers in \\[0, 1\\)"):
+            Schedule(epochs=1, optimizer="adam", betas=bad)
+
+
 # --- target-model training: one epoch of AT, resume, determinism ---
 
 

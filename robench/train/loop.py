@@ -39,7 +39,8 @@ class TrainingError(ValueError):
 class Schedule:
     """SGD with momentum (or Adam) over ``epochs``; the learning rate is multiplied by ``gamma`` from each milestone on.
 
-    ``optimizer="adam"`` uses Adam with betas (0.9, 0.999) and ignores ``momentum``.
+    ``optimizer="adam"`` uses Adam with ``betas`` (default (0.9, 0.999); ComDefend's trainer uses
+    (0.5, 0.999)) and ignores ``momentum``; SGD ignores ``betas``.
 
     ``milestones`` are 1-based epochs, as in the reference scripts' ``if epoch >= 75: lr *= 0.1``
     (TRADES, MART): with ``(75, 90)`` epochs 1-74 use ``lr``, 75-89 ``lr * gamma``, 90 on ``lr * gamma**2``.
@@ -53,9 +54,16 @@ class Schedule:
     milestones: tuple[int, ...] = (75, 90)
     gamma: float = 0.1
     optimizer: str = "sgd"
+    betas: tuple[float, float] = (0.9, 0.999)
 
     def __post_init__(self):
         object.__setattr__(self, "milestones", tuple(self.milestones))
+        betas = self.betas
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2 or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas
+        ):
+            raise TrainingError(f"betas must be two numbers in [0, 1) (Adam's beta1 and beta2), got {betas!r}")
+        object.__setattr__(self, "betas", tuple(float(b) for b in betas))
         if self.optimizer not in OPTIMIZERS:
             raise TrainingError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         for name in ("epochs", "batch_size"):
@@ -84,12 +92,12 @@ class Schedule:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     def to_json(self) -> dict:
-        return {**asdict(self), "milestones": list(self.milestones)}
+        return {**asdict(self), "milestones": list(self.milestones), "betas": list(self.betas)}
 
     def optimizer_for(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         """The optimiser this schedule names, over ``params``."""
         if self.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.lr, betas=(0.9, 0.999), weight_decay=self.weight_decay)
+            return torch.optim.Adam(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
         return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from robench import registry
 from robench.checkpoint import sha256_of
 from robench.data import Examples
-from robench.defense import Defense
+from robench.defense import Defense, gradient_view
 from robench.env import environment
 from robench.spec import Spec, format_fraction
 from robench.target import EOT, Pipeline
@@ -269,7 +269,9 @@ class DefenseTrainer:
         if self.held_out is None:
             return None
         pipeline = Pipeline(self.target, self.module)
-        attacker = EOT(pipeline, self.eval_eot) if self.eval_eot > 1 else pipeline
+        # a non-differentiable defense is attacked through its BPDA view, as ``robench run`` does
+        attacked = Pipeline(self.target, gradient_view(self.module))
+        attacker = EOT(attacked, self.eval_eot) if self.eval_eot > 1 else attacked
 
         def evaluate() -> dict:
             return robust_accuracy(pipeline, self.held_out, self.evaluation, runtime.device, attacker=attacker)
