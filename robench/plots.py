@@ -56,9 +56,10 @@ def write_eps_sweep(frame: pd.DataFrame, path: "str | Path") -> Path | None:
         axis.set_ylabel("robust accuracy (%)")
     for axis in list(axes.flat)[len(panels):]:
         axis.set_visible(False)
-    axes.flat[0].legend(fontsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
     figure.tight_layout()
+    figure.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0), fontsize=8, frameon=False)
     path = Path(path)
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, bbox_inches="tight")  # the legend below the panels, spec strings can be long
     plt.close(figure)
     return path
