@@ -5,7 +5,7 @@ the purification branch P and the reconstruction branch R of specs A2 (its discr
 No official code exists, so every size below the paper's description is a documented option:
 P and R are "a convolutional layer and multiple basic blocks" adopted from EDVR/DeblurGAN with
 the global skip removed (as in NRP); the basic block is EDVR's BN-free residual block
-conv3x3-ReLU-conv3x3 + identity, initialised as NRP_resG's (Kaiming, scaled by 0.1).
+conv3x3-ReLU-conv3x3 + identity, the very block of NRP_resG (Kaiming init scaled by 0.1).
 """
 
 from __future__ import annotations
@@ -13,27 +13,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-INIT_SCALE = 0.1  # EDVR / NRP_resG residual-block initialisation: Kaiming normal scaled by 0.1
-
-
-class ResidualBlock(nn.Module):
-    """EDVR's basic block without batch norm: ``x + conv(relu(conv(x)))``."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(width, width, 3, padding=1)
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
-        for conv in (self.conv1, self.conv2):
-            nn.init.kaiming_normal_(conv.weight, a=0, mode="fan_in")
-            conv.weight.data.mul_(INIT_SCALE)
-            nn.init.zeros_(conv.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(torch.relu(self.conv1(x)))
+from robench.defenses.nrp.networks import ResidualBlockNoBN  # EDVR's BN-free block, the same as NRP_resG's
 
 
 def _blocks(width: int, count: int) -> nn.Sequential:
-    return nn.Sequential(*(ResidualBlock(width) for _ in range(count)))
+    return nn.Sequential(*(ResidualBlockNoBN(width) for _ in range(count)))
 
 
 class Encoder(nn.Module):
