@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -40,6 +40,15 @@ def load_checkpoint(path: "str | Path", *, expected_sha256: str | None = None) -
     except Exception as err:  # pickle errors from untrusted files come in many types
         raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded safely (weights_only=True): {err}") from err
     return obj, digest
+
+
+def load_weights(
+    module: torch.nn.Module, path: "str | Path", state_of: Callable[[Any, str], dict]
+) -> dict[str, str]:
+    """Load ``path`` safely into ``module`` through ``state_of(obj, source)``; returns ``{file name: sha256}``."""
+    obj, digest = load_checkpoint(path)
+    load_state_dict_strict(module, state_of(obj, str(path)), source=str(path))
+    return {Path(path).name: digest}
 
 
 def load_state_dict_strict(module: torch.nn.Module, state: dict, *, source: str) -> None:

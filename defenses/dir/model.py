@@ -3,14 +3,13 @@ Restoration", ICML 2023): a masked-autoencoder ViT that restores complementary t
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from robench.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
+from robench.checkpoint import CheckpointError, load_weights
 from robench.defense import DefenseInputError
 from robench.masks import MaskedDefense
 
@@ -135,11 +134,7 @@ class DIR(MaskedDefense):
             self.decoder = _Decoder(embed_dim, num_heads, decoder_depth)
             width = embed_dim // VALUES
             self.conv1 = nn.Conv1d(TOKENS, TOKENS, width, stride=width)  # the head; named as in the released code
-        self._checkpoints: dict[str, str] = {}
-        if weights is not None:
-            obj, digest = load_checkpoint(weights)
-            load_state_dict_strict(self, _state_dict(obj, str(weights)), source=str(weights))
-            self._checkpoints = {Path(weights).name: digest}
+        self._checkpoints = {} if weights is None else load_weights(self, weights, _state_dict)
 
     @property
     def checkpoints(self) -> dict[str, str]:

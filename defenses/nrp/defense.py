@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
-from robench.checkpoint import load_checkpoint, load_state_dict_strict
+from robench.checkpoint import load_weights
 from robench.defense import Defense
 from robench.defenses.gaussian_noise import GaussianNoise
 from robench.defenses.nrp.networks import ResGenerator, RRDBGenerator
@@ -61,14 +60,7 @@ class NRP(Defense):
             torch.manual_seed(init_seed)
             self.generator = RRDBGenerator(nf=nf, nb=nb, gc=gc) if arch == "rrdb" else ResGenerator(nf=nf, nb=nb)
         self.weights = None if weights is None else str(weights)
-        self._checkpoints: dict[str, str] = {}
-        if weights is not None:
-            obj, digest = load_checkpoint(weights)
-            state = state_dict_from(obj, str(weights))
-            if not any(key.startswith("generator.") for key in state):  # the authors' layout: the bare generator
-                state = {f"generator.{key}": value for key, value in state.items()}
-            load_state_dict_strict(self, state, source=str(weights))
-            self._checkpoints = {Path(weights).name: digest}
+        self._checkpoints = {} if weights is None else load_weights(self, weights, _state_dict)
 
     @property
     def checkpoints(self) -> dict[str, str]:
@@ -80,3 +72,11 @@ class NRP(Defense):
             x = self.noise(x)
         dtype = next(self.generator.parameters()).dtype
         return self.generator(x.to(dtype)).clamp(0, 1).to(x.dtype)
+
+
+def _state_dict(obj, source: str) -> dict:
+    """The defense's state dict in a checkpoint: the authors' files hold the bare generator."""
+    state = state_dict_from(obj, source)
+    if any(key.startswith("generator.") for key in state):
+        return state
+    return {f"generator.{key}": value for key, value in state.items()}

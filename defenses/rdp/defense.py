@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from robench.checkpoint import load_checkpoint, load_state_dict_strict
+from robench.checkpoint import load_weights
 from robench.defense import Defense
 from robench.defenses.gaussian_noise import GaussianNoise
 from robench.defenses.rdp.networks import PurifierNet
@@ -72,11 +70,7 @@ class RDP(Defense):
             torch.manual_seed(init_seed)
             self.purifier = PurifierNet(width=width, blocks=blocks)
         self.weights = None if weights is None else str(weights)
-        self._checkpoints: dict[str, str] = {}
-        if weights is not None:
-            obj, digest = load_checkpoint(weights)
-            load_state_dict_strict(self, state_dict_from(obj, str(weights)), source=str(weights))
-            self._checkpoints = {Path(weights).name: digest}
+        self._checkpoints = {} if weights is None else load_weights(self, weights, state_dict_from)
 
     @property
     def checkpoints(self) -> dict[str, str]:
