@@ -44,8 +44,8 @@ class Defense(nn.Module):
 
     @property
     def checkpoints(self) -> dict[str, str]:
-        """Checkpoint name -> sha256 for every weight file this defense loaded (none by default)."""
-        return {}
+        """Checkpoint name -> sha256 for every weight file this defense loaded (its ``_checkpoints``; none by default)."""
+        return dict(getattr(self, "_checkpoints", {}))
 
 
 def check_images(x: torch.Tensor, *, who: str) -> None:

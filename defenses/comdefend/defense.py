@@ -106,10 +106,6 @@ class ComDefend(Defense):
         for name, entry in states.items():
             load_state_dict_strict(getattr(self, name), entry["state"], source=entry["source"])
 
-    @property
-    def checkpoints(self) -> dict[str, str]:
-        """File name -> sha256 of every loaded weight file (ComCNN's and RecCNN's; empty when untrained)."""
-        return dict(self._checkpoints)
 
     def noisy_code(self, x: torch.Tensor, sigma: float | None = None,
                    generator: torch.Generator | None = None) -> torch.Tensor:

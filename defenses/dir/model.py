@@ -136,10 +136,6 @@ class DIR(MaskedDefense):
             self.conv1 = nn.Conv1d(TOKENS, TOKENS, width, stride=width)  # the head; named as in the released code
         self._checkpoints = {} if weights is None else load_weights(self, weights, _state_dict)
 
-    @property
-    def checkpoints(self) -> dict[str, str]:
-        """Checkpoint file name -> sha256 of the loaded ``weights`` (empty when untrained)."""
-        return dict(self._checkpoints)
 
     def sample_masks(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """Independent uniform permutations of the 256 tokens, one per image: ``(B, 256)`` int64 (DIR's PatchShuffle)."""

@@ -72,10 +72,6 @@ class RDP(Defense):
         self.weights = None if weights is None else str(weights)
         self._checkpoints = {} if weights is None else load_weights(self, weights, state_dict_from)
 
-    @property
-    def checkpoints(self) -> dict[str, str]:
-        """Checkpoint file name -> sha256 of the loaded ``weights`` (empty when untrained)."""
-        return dict(self._checkpoints)
 
     def purify(self, x: torch.Tensor) -> torch.Tensor:
         if self.noise_layer is not None:
