@@ -18,7 +18,7 @@ from torch import nn
 from robench.pgd_kernel import ascend
 from robench.threat import ThreatModel
 
-STARTS = ("uniform", "normal")
+STARTS = ("none", "uniform", "normal")
 
 
 @contextmanager
@@ -48,7 +48,7 @@ def perturb(
     """Ascend ``objective(model(x'))`` by signed-gradient steps inside ``threat`` around ``x`` (Madry et al. 2018).
 
     ``x`` (B, C, H, W) in [0, 1]; ``objective`` maps logits (B, K) to a scalar. ``start``:
-    ``uniform`` in the eps-ball, clamped to the bounds (Madry et al.; torchattacks' PGD), or
+    ``none`` (x itself: one step of ``eps`` is FGSM), ``uniform`` in the eps-ball, clamped to the bounds (Madry et al.; torchattacks' PGD), or
     ``normal``: ``x + 0.001 N(0, I)``, unclamped (TRADES, MART). Every step is projected onto
     the ball and the bounds unless ``project`` is False (DIR's released inner maximisation).
     The model's mode is the caller's choice. Returns x' detached (:func:`robench.pgd_kernel.ascend`).

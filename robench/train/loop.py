@@ -105,11 +105,14 @@ class StepResult(NamedTuple):
     """One mini-batch: the scalar ``loss`` to minimise and, optionally, ``logits`` (B, K) for the accuracy shown.
 
     When :func:`fit` trains several networks (``groups``), ``loss`` maps each group's name to the
-    loss its optimiser minimises (the first group's is the one shown as ``train_loss``).
+    loss its optimiser minimises (the first group's is the one shown as ``train_loss``). A group
+    that :func:`fit` updates more than once per batch (``updates``) needs ``recompute``: the same
+    batch's losses computed again with the current weights.
     """
 
     loss: "torch.Tensor | dict[str, torch.Tensor]"
     logits: torch.Tensor | None = None
+    recompute: "Callable[[], dict[str, torch.Tensor]] | None" = None
 
 
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Generator], StepResult]
@@ -143,6 +146,7 @@ def fit(
     evaluate: Callable[[], dict] | None = None,
     runtime: Runtime = Runtime(),
     groups: Mapping[str, nn.Module] | None = None,
+    updates: Mapping[str, int] | None = None,
 ) -> list[dict]:
     """Train ``module``'s parameters on ``step``'s loss(es); returns the per-epoch history (robench).
 
@@ -151,6 +155,8 @@ def fit(
         groups: name -> sub-module of ``module`` trained by its own optimiser on the step's loss of
             that name, each loss differentiated with respect to its group's parameters only
             (default: one group, ``module``, and a single loss).
+        updates: group name -> optimiser steps per batch (default 1), the extra ones on
+            ``StepResult.recompute`` (DCGAN's and APE-GAN's generator is updated twice per batch).
         step: ``step(x_batch, y_batch, generator) -> StepResult``, called with ``module`` in train mode
             and under autocast when enabled; it may switch modes itself (e.g. attack in eval mode).
         x, y: training images (N, C, H, W) in [0, 1] and labels (N,) (or any per-example targets).
@@ -175,6 +181,10 @@ def fit(
         if not params:
             raise TrainingError(f"{type(part).__name__} ({name}) has no trainable parameters")
         optimizers[name] = schedule.optimizer_for(params)
+    updates = dict(updates or {})
+    unknown = [name for name in updates if name not in optimizers]
+    if unknown or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in updates.values()):
+        raise TrainingError(f"updates must map trained groups ({list(optimizers)}) to integers >= 1, got {updates}")
     # MultiStepLR counts completed epochs from 0, so "from 1-based epoch m on" is its milestone m - 1.
     schedulers = {name: torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=[m - 1 for m in schedule.milestones], gamma=schedule.gamma
@@ -187,7 +197,8 @@ def fit(
         history = _resume(resume_path, config, schedule, module, optimizers, schedulers, generator, device)
         for epoch in range(len(history) + 1, schedule.epochs + 1):
             began = time.perf_counter()
-            record = _train_epoch(module, step, x, y, optimizers, generator, schedule, epoch, augment, runtime)
+            record = _train_epoch(module, step, x, y, optimizers, generator, schedule, epoch, augment, runtime,
+                                  updates)
             for scheduler in schedulers.values():
                 scheduler.step()
             if evaluate is not None:
@@ -213,11 +224,14 @@ def _losses(result: StepResult, optimizers: dict) -> dict[str, torch.Tensor]:
     return {name: loss.float() for name, loss in losses.items()}
 
 
-def _update(losses: dict[str, torch.Tensor], optimizers: dict) -> None:
-    """One optimiser step per group, each on its own loss's gradient with respect to its own parameters."""
+def _update(losses: dict[str, torch.Tensor], optimizers: dict, only: bool = False) -> None:
+    """One optimiser step per group, each on its own loss's gradient with respect to its own parameters.
+
+    ``only``: these groups are a part of the trained networks (their gradient must not reach the others).
+    """
     for optimizer in optimizers.values():
         optimizer.zero_grad(set_to_none=True)
-    if len(losses) == 1:
+    if len(losses) == 1 and not only:
         next(iter(losses.values())).backward()
     else:
         for name, loss in losses.items():
@@ -227,7 +241,7 @@ def _update(losses: dict[str, torch.Tensor], optimizers: dict) -> None:
         optimizer.step()
 
 
-def _train_epoch(module, step, x, y, optimizers, generator, schedule, epoch, augment, runtime) -> dict:
+def _train_epoch(module, step, x, y, optimizers, generator, schedule, epoch, augment, runtime, updates) -> dict:
     module.train()
     order = torch.randperm(len(x), generator=generator, device=x.device)
     # A last batch of one image is dropped: BatchNorm cannot normalise a single example in training.
@@ -253,6 +267,13 @@ def _train_epoch(module, step, x, y, optimizers, generator, schedule, epoch, aug
                     f"batch {index + 1}; training diverged (lower the learning rate, now {_lr(optimizers):g})"
                 )
         _update(losses, optimizers)
+        for name, count in updates.items():
+            for _ in range(count - 1):
+                if result.recompute is None:
+                    raise TrainingError(f"{name} is updated {count} times per batch, but the step gives no recompute")
+                with torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext():
+                    again = result.recompute()[name].float()
+                _update({name: again}, {name: optimizers[name]}, only=True)
         for name, loss in losses.items():
             loss_sums[name] += loss.detach() * len(batch)
         seen += len(batch)

@@ -51,6 +51,7 @@ class Phase:
         networks: name -> network this phase trains, each with its own optimiser on the step's loss
             of that name (e.g. a purifier, an auxiliary branch and a discriminator); all of them
             are resumed, only the defense is saved. Default: the defense alone, one loss.
+        updates: network name -> optimiser steps per batch (default 1; more need ``StepResult.recompute``).
     """
 
     name: str
@@ -59,6 +60,7 @@ class Phase:
     seed: int
     config: dict = field(default_factory=dict)
     networks: Mapping[str, nn.Module] | None = None
+    updates: Mapping[str, int] | None = None
 
 
 @dataclass
@@ -255,6 +257,7 @@ class DefenseTrainer:
                 trained, phase.step, self.train.x, self.train.y, schedule=phase.schedule, seed=phase.seed,
                 resume_path=self.resume_path_of(phase.name), config=self.config(phase, runtime),
                 augment=self.augment, evaluate=evaluate, runtime=runtime, groups=phase.networks,
+                updates=phase.updates,
             )
         state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
         save_torch(state, self.output)
