@@ -67,6 +67,8 @@ def defense_trainer(name: str):
 @click.option("--model", required=True, help="Model spec, e.g. resnet18 (fresh) or small-cnn; a defense spec for a "
               "defense's trainer (dir:mask_ratio=0.3).")
 @click.option("--target", help="Fixed classifier spec a learned defense is trained in front of.")
+@click.option("--input-defense", help="Defense spec whose outputs a recipe trains --model on, inside the loop "
+              "(ME-Net's classifiers: --input-defense me-net); attacked through BPDA when not differentiable.")
 @click.option("--dataset", required=True, help="Dataset spec, e.g. cifar10.")
 @click.option("--epochs", type=int, help="Epochs (default: the recipe's).")
 @click.option("--batch-size", type=int, help="Mini-batch size (default 128).")
@@ -95,7 +97,7 @@ def defense_trainer(name: str):
               help="channels_last memory format; auto: on for CUDA, off on CPU.")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Folder with the datasets (or set ROBENCH_DATA).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def train_command(recipe, model, target, dataset, epochs, batch_size, lr, momentum, weight_decay, milestones, gamma,
+def train_command(recipe, model, target, input_defense, dataset, epochs, batch_size, lr, momentum, weight_decay, milestones, gamma,
                   split, n, sample_seed, augment, seed, eval_n, eval_split, eval_attack, eval_eps, eval_batch_size,
                   eval_eot, output, device, autocast, channels_last, data_root, progress):
     if data_root:
@@ -116,13 +118,16 @@ def train_command(recipe, model, target, dataset, epochs, batch_size, lr, moment
                        momentum=momentum, weight_decay=weight_decay, milestones=milestones, gamma=gamma)
         trainer = defense_trainer(parse_spec(recipe).name)
         if trainer is not None:
+            if input_defense is not None:
+                raise TrainingError(f"--input-defense is for the recipes {', '.join(RECIPES)}: they train --model "
+                                    f"on a defense's outputs; {recipe!r} trains a defense")
             plan = trainer.plan(recipe, target=target, eval_eot=eval_eot, **options)
         else:
             for flag, value in (("--target", target), ("--eval-eot", eval_eot)):
                 if value is not None:
                     raise TrainingError(f"{flag} is for learned defenses' trainers (e.g. robench train dir); "
                                         f"recipe {recipe!r} trains --model itself")
-            plan = plan_training(recipe, **options)
+            plan = plan_training(recipe, input_defense=input_defense, **options)
     except BAD_INPUT as err:
         raise click.UsageError(str(err)) from None
     command = "robench " + shlex.join(sys.argv[1:])
@@ -141,4 +146,6 @@ def train_command(recipe, model, target, dataset, epochs, batch_size, lr, moment
         click.echo(f"{ev['split']} n={ev['n']}: clean {ev['clean_acc']:.4f}, {ev['attack']} at {ev['threat']}: "
                    f"robust {ev['robust_acc']:.4f}")
     usage = f"--model {shlex.quote(card['model'])}" if "model" in card else f"--defense {shlex.quote(card['defense'])}"
+    if card.get("input_defense"):
+        usage += f" behind --defense {shlex.quote(card['input_defense']['spec'])}"
     click.echo(f"use it as {usage}")

@@ -42,10 +42,11 @@ class Evaluation:
         return {"n": self.n, "split": self.split, "attack": str(self.attack), "threat": str(self.threat),
                 "seed": self.seed, "batch_size": self.batch_size}
 
-    def command(self, dataset: Spec, model: Spec) -> str:
-        """The ``robench run`` command that measures the same numbers."""
+    def command(self, dataset: Spec, model: Spec, defense: Spec | None = None) -> str:
+        """The ``robench run`` command that measures the same numbers (behind ``defense``: one draw, no EOT)."""
         dataset, model, attack = (shlex.quote(str(spec)) for spec in (dataset, model, self.attack))
-        return (f"robench run --dataset {dataset} --model {model} --defense none --attack {attack} "
+        behind = "none" if defense is None else f"{shlex.quote(str(defense))} --eot 1 --draws 1"
+        return (f"robench run --dataset {dataset} --model {model} --defense {behind} --attack {attack} "
                 f"--norm {self.threat.norm} --eps {format_fraction(self.threat.eps)} -n {self.n} "
                 f"--seed {self.seed} --batch-size {self.batch_size}")
 

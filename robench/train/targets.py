@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +20,10 @@ from torch import nn
 from robench import registry
 from robench.checkpoint import sha256_of
 from robench.data import Examples
+from robench.defense import Defense, gradient_view
 from robench.env import environment
 from robench.spec import Spec
+from robench.target import Pipeline
 from robench.train.augment import AUGMENTATIONS, default_augmentation
 from robench.train.card import data_entry, model_card
 from robench.train.checks import (
@@ -49,6 +52,8 @@ class TrainingPlan:
     seed: int
     evaluation: Evaluation
     output: Path
+    input_defense_spec: Spec | None = None
+    input_defense: Defense | None = None
 
     @property
     def card_path(self) -> Path:
@@ -58,6 +63,19 @@ class TrainingPlan:
     @property
     def resume_path(self) -> Path:
         return self.output.with_suffix(".resume.pt")
+
+    @property
+    def trained(self) -> nn.Module:
+        """What the recipe trains and attacks: the model, behind the input defense as attacks see it (BPDA)."""
+        if self.input_defense is None:
+            return self.model
+        return Pipeline(self.model, gradient_view(self.input_defense))
+
+    def input_defense_entry(self) -> dict | None:
+        """The input defense's spec and checkpoints, for the resume file's identity and the card."""
+        if self.input_defense is None:
+            return None
+        return {"spec": str(self.input_defense_spec), "checkpoints": dict(self.input_defense.checkpoints)}
 
     def config(self, runtime: Runtime) -> dict:
         """Everything that determines the weights except the number of epochs (the resume file's identity)."""
@@ -71,6 +89,7 @@ class TrainingPlan:
             "seed": self.seed,
             "autocast": runtime.autocast,
             "channels_last": runtime.channels_last,
+            **({"input_defense": self.input_defense_entry()} if self.input_defense is not None else {}),
         }
 
 
@@ -86,6 +105,7 @@ def plan_training(
     seed: int = 0,
     augment: str | None = None,
     evaluation: Evaluation = Evaluation(),
+    input_defense: "str | Spec | None" = None,
     **schedule: object,
 ) -> TrainingPlan:
     """Build and check a run of ``recipe`` on ``model`` and ``dataset``; every bad input fails here (robench).
@@ -98,7 +118,11 @@ def plan_training(
         n, sample_seed: the training subset (all of the split, the first n, or a seeded sample).
         seed: seeds initialisation, shuffling, augmentation and the inner attacks.
         augment: ``crop-flip``, ``crop`` or ``none`` (default by dataset: CIFAR crop-flip, SVHN crop).
-        evaluation: the per-epoch held-out measurement.
+        evaluation: the per-epoch held-out measurement (behind the input defense, one draw).
+        input_defense: a defense spec whose outputs the model is trained on (ME-Net, Yang et al. 2019:
+            its classifier learns from its own preprocessing): applied to every batch inside the
+            loop, fresh randomness per batch, and attacked through its BPDA view by adversarial
+            recipes' inner attacks when it is not differentiable; fixed, never trained.
         schedule: overrides of the recipe's :class:`Schedule` (epochs, batch_size, lr, ...); None keeps it.
     """
     recipe = build_recipe(recipe)
@@ -120,8 +144,16 @@ def plan_training(
         torch.manual_seed(seed)
         net = build_plugin("models", model_spec)
     check_fits(net, model_spec, data, dataset_spec)
+    defense_spec = defense = None
+    if input_defense is not None:
+        defense_spec = parse_option(input_defense, "--input-defense")
+        defense = build_plugin("defenses", defense_spec)
+        if getattr(defense, "needs_training", False) and not defense.checkpoints:
+            raise TrainingError(f"--input-defense {str(defense_spec)!r} is a learned defense without weights; "
+                                f"pass its checkpoint, e.g. {defense_spec.name}:weights=PATH")
+        defense.eval().requires_grad_(False)  # fixed: never in train mode, never updated
     return TrainingPlan(recipe, model_spec, dataset_spec, net, train, held_out, split, sample_seed,
-                        plan_schedule, augment, seed, evaluation, output)
+                        plan_schedule, augment, seed, evaluation, output, defense_spec, defense)
 
 
 def train_target(plan: TrainingPlan, *, runtime: Runtime = Runtime(), command: str = "") -> dict:
@@ -130,13 +162,16 @@ def train_target(plan: TrainingPlan, *, runtime: Runtime = Runtime(), command: s
     ``command`` is the command line recorded in the card (None there when empty).
     """
     began = time.perf_counter()
+    trained = plan.trained
+    if plan.input_defense is not None:
+        plan.input_defense.to(runtime.device)
     evaluate = None
     if plan.held_out is not None:
-        def evaluate() -> dict:
-            return robust_accuracy(plan.model, plan.held_out, plan.evaluation, runtime.device)
+        scored = plan.model if plan.input_defense is None else Pipeline(plan.model, plan.input_defense)
+        evaluate = partial(robust_accuracy, scored, plan.held_out, plan.evaluation, runtime.device, attacker=trained)
     history = fit(
         plan.model,
-        lambda x, y, generator: plan.recipe.loss(plan.model, x, y, generator),
+        lambda x, y, generator: plan.recipe.loss(trained, x, y, generator),
         plan.train.x, plan.train.y,
         schedule=plan.schedule, seed=plan.seed, resume_path=plan.resume_path, config=plan.config(runtime),
         augment=plan.augment, evaluate=evaluate, runtime=runtime,
@@ -179,11 +214,11 @@ def _card(plan: TrainingPlan, *, history, sha256, usable, runtime, wall_s, comma
         evaluation = {**plan.evaluation.to_json(), "dataset": str(plan.dataset_spec),
                       "fingerprint": plan.held_out.fingerprint(), "clean_acc": final.get("clean_acc"),
                       "robust_acc": final.get("robust_acc"),
-                      "command": plan.evaluation.command(plan.dataset_spec, usable)}
+                      "command": plan.evaluation.command(plan.dataset_spec, usable, plan.input_defense_spec)}
     return model_card(
         output=plan.output, sha256=sha256, architecture=plan.model_spec, recipe=plan.recipe, augment=plan.augment,
         data=data_entry(plan.dataset_spec, plan.split, plan.train, plan.sample_seed), seed=plan.seed,
         records=history, runtime=runtime, environment=environment(runtime.device), wall_s=wall_s, command=command,
-        model=str(usable), schedule=plan.schedule.to_json(), epochs=len(history), evaluation=evaluation,
+        model=str(usable), input_defense=plan.input_defense_entry(), schedule=plan.schedule.to_json(), epochs=len(history), evaluation=evaluation,
         history=history,
     )
