@@ -9,7 +9,7 @@ from robench.checkpoint import load_weights
 from robench.defense import Defense
 from robench.defenses.gaussian_noise import GaussianNoise
 from robench.defenses.nrp.networks import ResGenerator, RRDBGenerator
-from robench.models.weights import state_dict_from
+from robench.models.weights import state_dict_under
 
 ARCHS = ("rrdb", "resg")
 DYNAMIC_SIGMA = 0.05  # purify.py --dynamic: x + 0.05 N(0, I)
@@ -60,7 +60,7 @@ class NRP(Defense):
             torch.manual_seed(init_seed)
             self.generator = RRDBGenerator(nf=nf, nb=nb, gc=gc) if arch == "rrdb" else ResGenerator(nf=nf, nb=nb)
         self.weights = None if weights is None else str(weights)
-        self._checkpoints = {} if weights is None else load_weights(self, weights, _state_dict)
+        self._checkpoints = {} if weights is None else load_weights(self, weights, state_dict_under("generator."))
 
 
     def purify(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,10 +69,3 @@ class NRP(Defense):
         dtype = next(self.generator.parameters()).dtype
         return self.generator(x.to(dtype)).clamp(0, 1).to(x.dtype)
 
-
-def _state_dict(obj, source: str) -> dict:
-    """The defense's state dict in a checkpoint: the authors' files hold the bare generator."""
-    state = state_dict_from(obj, source)
-    if any(key.startswith("generator.") for key in state):
-        return state
-    return {f"generator.{key}": value for key, value in state.items()}

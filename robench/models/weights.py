@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -102,6 +102,18 @@ def state_dict_from(obj: Any, source: str) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{source} holds no state dict (a mapping of names to tensors)")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def state_dict_under(prefix: str) -> Callable[[Any, str], dict[str, torch.Tensor]]:
+    """A reader of a defense's checkpoint that also takes its bare network's (the authors' files): keys get ``prefix``."""
+
+    def read(obj: Any, source: str) -> dict[str, torch.Tensor]:
+        state = state_dict_from(obj, source)
+        if any(key.startswith(prefix) for key in state):
+            return state
+        return {f"{prefix}{key}": value for key, value in state.items()}
+
+    return read
 
 
 def load_weights(net: nn.Module, weights: "str | Path | None", entry: RegisteredWeights | None) -> dict[str, str]:

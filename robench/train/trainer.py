@@ -52,6 +52,8 @@ class Phase:
             of that name (e.g. a purifier, an auxiliary branch and a discriminator); all of them
             are resumed, only the defense is saved. Default: the defense alone, one loss.
         updates: network name -> optimiser steps per batch (default 1; more need ``StepResult.recompute``).
+        persistent: name -> module whose state the phase carries and resumes but never optimises
+            (EBM training's persistent Langevin chains), with ``networks``; not saved with the defense.
     """
 
     name: str
@@ -61,6 +63,11 @@ class Phase:
     config: dict = field(default_factory=dict)
     networks: Mapping[str, nn.Module] | None = None
     updates: Mapping[str, int] | None = None
+    persistent: Mapping[str, nn.Module] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.persistent and self.networks is None:
+            raise TrainingError(f"phase {self.name!r}: persistent state needs the phase's networks named")
 
 
 @dataclass
@@ -252,7 +259,7 @@ class DefenseTrainer:
         evaluate = self._evaluator(runtime)
         histories = {}
         for phase in self.phases():
-            trained = self.module if phase.networks is None else nn.ModuleDict(dict(phase.networks))
+            trained = self.module if phase.networks is None else nn.ModuleDict({**phase.networks, **phase.persistent})
             histories[phase.name] = [] if phase.schedule is None else fit(
                 trained, phase.step, self.train.x, self.train.y, schedule=phase.schedule, seed=phase.seed,
                 resume_path=self.resume_path_of(phase.name), config=self.config(phase, runtime),
