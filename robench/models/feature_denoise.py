@@ -5,7 +5,9 @@
 ``weights_only=True``) or, for a path ending in ``.npz``, the authors' released tensorpack
 weights (``R152-Denoise.npz``; ``R152.npz`` with ``denoise=none``), GitHub release assets of
 facebookresearch/ImageNet-Adversarial-Training. The npz is read with ``allow_pickle=False``: an
-object array (a pickle) is refused, never loaded.
+object array (a pickle) is refused, never loaded. ``robench train at --model resnet152-fd`` trains
+it with robench's Madry AT recipe (untargeted PGD from a random start); the authors' recipe is
+targeted PGD-30 at 16/255 with label smoothing (specs A16), which no robench recipe implements yet.
 
 Preprocessing. The released models take BGR images scaled to [-1, 1] (tensorpack's
 ``image * 2/255 - 1`` on OpenCV's BGR pixels). robench feeds RGB images in [0, 1]: the
@@ -67,9 +69,13 @@ def resnet152_fd(
 ) -> Classifier:
     """AT-FD: ResNet-152 with feature-denoising blocks (Xie et al. 2019), RDP Table 4's model-level defense.
 
+    Takes RGB images in [0, 1] and scales them to [-1, 1] inside; the released weights' BGR stem
+    is converted to RGB when they load, so the network computes what the authors' computes on BGR.
+
     Args:
-        weights: the authors' released ``.npz`` (see the module docstring), a state dict written
-            by ``robench train at`` (``.pt``), or None for a fresh network (for training).
+        weights: the authors' released tensorpack ``.npz`` (``R152-Denoise.npz``; read without
+            unpickling, every array mapped), a state dict written by ``robench train at``
+            (``.pt``), or None for a fresh network (for training).
         depth: 50, 101 or 152 (the authors' ``-d``); the released Denoise model is 152.
         denoise: non-local op of the denoising blocks, ``softmax`` (Gaussian, the released model)
             or ``dot-product``; ``none``: the plain ResNet (the authors' ``R152.npz`` baseline).
