@@ -82,11 +82,7 @@ def timm_model(
         input_size: side of the square images accepted (default: the native size).
         resize: resize inputs to the native size inside (true) or feed them as they are (false).
     """
-    if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 8):
-        raise ValueError(f"input_size must be an integer side length of at least 8 pixels, got {input_size!r}")
-    for option, value in (("pretrained", pretrained), ("resize", resize)):
-        if not isinstance(value, bool):
-            raise ValueError(f"{option} must be true or false, got {value!r}")
+    check_input_options(input_size, pretrained=pretrained, resize=resize)
     net = _create(name, pretrained and weights is None)
     from timm.data import resolve_model_data_config
 
@@ -100,6 +96,15 @@ def timm_model(
     if weights is None and pretrained:
         classifier.checkpoints[f"timm/{name}"] = weights_digest(net)
     return classifier
+
+
+def check_input_options(input_size: int | None, **flags: bool) -> None:
+    """Raise ValueError unless ``input_size`` is None or a side of at least 8 pixels and each flag a boolean."""
+    if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 8):
+        raise ValueError(f"input_size must be an integer side length of at least 8 pixels, got {input_size!r}")
+    for option, value in flags.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"{option} must be true or false, got {value!r}")
 
 
 def _backbone(factory_name: str, doc: str) -> Callable[..., Classifier]:
