@@ -223,7 +223,7 @@ def test_edsr_schedule_and_bad_training_inputs(tmp_path):
         "adam", 1e-4, 16, (200,), 0.5)
     assert SRRecipe().patch == 192
     with pytest.raises(TrainingError, match="patch"):
-        plan(tmp_path, recipe="sr:patch=64").phases()
+        plan(tmp_path, recipe="sr:patch=64")
     with pytest.raises(Exception, match="even"):
         plan(tmp_path, recipe="sr:patch=15")
     with pytest.raises(TrainingError, match="augment"):

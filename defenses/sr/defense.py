@@ -21,7 +21,7 @@ class SR(Defense):
 
     1. scikit-image's ``denoise_wavelet`` (BayesShrink, soft thresholding, sigma 0.04, YCbCr), per
        image on CPU numpy (:mod:`.wavelet`; about 1.5 ms per 32x32 image and 11 ms per 299x299
-       image on one core).
+       image with 2 CPU cores).
     2. EDSR x2 (:class:`~.edsr.EDSR`, EDSR-PyTorch's layout, pixels in [0, 255]); the authors run
        EDSR-PyTorch's ``--pre_train download`` x2 model with its default size, EDSR baseline
        (16 blocks, 64 features, 1.37 M parameters; their ``experiment/test/config.txt``), which is

@@ -92,7 +92,17 @@ class SRTraining(DefenseTrainer):
         if augment not in (None, "none"):
             raise TrainingError(f"robench train sr augments as EDSR does (random patches, flips, rotations); "
                                 f"--augment {augment} would add zero-padded crops: leave it out")
-        return super().plan(recipe, augment="none", **options)
+        run = super().plan(recipe, augment="none", **options)
+        run.check_images()
+        return run
+
+    def check_images(self) -> None:
+        """Refuse training images that are not RGB or smaller than the recipe's patch."""
+        shape = tuple(self.train.x.shape[1:])
+        if shape[0] != 3 or min(shape[1:]) < self.recipe.patch:
+            raise TrainingError(f"{str(self.dataset_spec)!r} has images {shape}; EDSR trains on RGB images of at "
+                                f"least the patch side {self.recipe.patch}: train sr:patch=N with an even N <= "
+                                f"{min(shape[1:])}")
 
     def step(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> StepResult:
         """One batch's L1 loss."""
@@ -100,9 +110,4 @@ class SRTraining(DefenseTrainer):
 
     def phases(self) -> list[Phase]:
         """One phase: the L1 loss over the schedule's epochs."""
-        shape = tuple(self.train.x.shape[1:])
-        if shape[0] != 3 or min(shape[1:]) < self.recipe.patch:
-            raise TrainingError(f"{str(self.dataset_spec)!r} has images {shape}; EDSR trains on RGB images of at "
-                                f"least the patch side {self.recipe.patch}: train sr:patch=N with an even N <= "
-                                f"{min(shape[1:])}")
         return [Phase("main", self.schedule, self.step, seed=self.seed, config={"recipe": str(self.recipe.spec)})]
