@@ -3,7 +3,8 @@
 In one process, on the same device, with one untimed warm-up and the median of ``--repeats`` runs:
 
   * for every ``--defense`` (default: paper-size ``rdp``, ``nrp``, ``nrp:arch=resg``,
-    ``comdefend`` with random weights, and ``dir`` at 32x32 only), at 32x32 (CIFAR-10 batch,
+    ``comdefend``, ``sr`` (EDSR baseline, the authors' size; its wavelet step on CPU) with random
+    weights, and ``dir`` at 32x32 only), at 32x32 (CIFAR-10 batch,
     ``resnet18-standard``) and 299x299 (NIPS 2017 DEV size, ``inception-v3:pretrained=false``, the
     ImageNet backbones' cost class): images per second of the purifier's forward (no grad), of
     the classifier's forward and of one attack step on the classifier (forward + backward to the
@@ -11,7 +12,8 @@ In one process, on the same device, with one untimed warm-up and the median of `
     that purification adds (a small fraction is the goal);
   * one ``robench train rdp`` and one ``robench train nrp`` step at 32x32 (SSP examples, the
     losses and every network's Adam update) with F = ``vgg16:pretrained=false`` (VGG-16 relu3_3's
-    cost, no download), in classifier attack steps.
+    cost, no download), and one ``robench train sr`` step (EDSR baseline x2 on 16 -> 32 pixel
+    bicubic pairs, L1, Adam), in classifier attack steps.
 
 A measurement, not a test: the exit code is 0 unless something raises.
 
@@ -38,7 +40,13 @@ from tabulate import tabulate  # noqa: E402
 from robench import registry  # noqa: E402
 from robench.env import pick_device  # noqa: E402
 
-DEFAULTS = ["rdp", "nrp", "nrp:arch=resg", "comdefend", "dir"]
+DEFAULTS = ["rdp", "nrp", "nrp:arch=resg", "comdefend", "sr", "dir"]
+# name -> (recipe spec, what one step does) of the timed training steps
+TRAINING = {
+    "rdp": ('rdp:features="vgg16:pretrained=false",crop=32', "SSP 10 steps, every network's Adam update"),
+    "nrp": ('nrp:features="vgg16:pretrained=false",crop=32', "SSP 10 steps, every network's Adam update"),
+    "sr": ("sr:patch=32", "16 -> 32 pixel bicubic pairs, L1, Adam"),
+}
 
 
 def median_rate(work, batch: int, repeats: int, device: torch.device) -> float:
@@ -99,35 +107,37 @@ def main() -> None:
     classifier = registry.build("models", "resnet18-standard").to(device).eval()
     x = torch.rand(args.batch, 3, 32, 32, device=device)
     step = median_rate(attack_step(classifier, x), args.batch, args.repeats, device)
-    for name, spec in (("rdp", "rdp"), ("nrp", "nrp")):
-        training = median_rate(training_step(name, spec, args.batch, device), args.batch, args.repeats, device)
-        print(f"one robench train {name} step at 32x32 ({spec}, SSP 10 steps, every network's Adam update): "
+    for name, (recipe, what) in TRAINING.items():
+        training = median_rate(training_step(name, recipe, args.batch, device), args.batch, args.repeats, device)
+        print(f"one robench train {name} step at 32x32 ({recipe}, {what}): "
               f"{training:.1f} img/s = {step / training:.1f} classifier attack steps")
     load = os.getloadavg()[0]
     if load > (os.cpu_count() or 1):
         print(f"WARNING: load average {load:.1f} on {os.cpu_count()} cores: wall times are noisy")
 
 
-def training_step(name: str, spec: str, batch: int, device: torch.device):
-    """One optimisation step of ``robench train NAME`` on a synthetic batch, as a timed callable."""
+def training_step(name: str, recipe: str, batch: int, device: torch.device):
+    """One optimisation step of ``robench train NAME`` (the paper-size defense) on a synthetic batch, as a timed callable."""
     from robench.train import Evaluation
     from robench.train.command import defense_trainer
 
     output = Path(tempfile.gettempdir()) / f"robench-perf-{name}.pt"  # planned only: nothing is written
-    run = defense_trainer(name).plan(f'{name}:features="vgg16:pretrained=false",crop=32', model=spec,
-                                     dataset="synthetic", split="test", n=batch, batch_size=batch, epochs=1,
-                                     evaluation=Evaluation(n=0), output=output)
+    run = defense_trainer(name).plan(recipe, model=name, dataset="synthetic", split="test", n=batch, batch_size=batch,
+                                     epochs=1, evaluation=Evaluation(n=0), output=output)
     phase = run.phases()[0]
-    for network in phase.networks.values():
+    networks = phase.networks or {"main": run.module}
+    for network in networks.values():
         network.to(device).train()
     x, y = run.train.x[:batch].to(device), run.train.y[:batch].to(device)
     generator = torch.Generator(device=device).manual_seed(0)
-    optimisers = {key: torch.optim.Adam(net.parameters(), lr=1e-4) for key, net in phase.networks.items()}
+    optimisers = {key: torch.optim.Adam(net.parameters(), lr=1e-4) for key, net in networks.items()}
 
     def work():
-        for key, loss in phase.step(x, y, generator).loss.items():
+        losses = phase.step(x, y, generator).loss
+        for key, loss in (losses if isinstance(losses, dict) else {"main": losses}).items():
             optimisers[key].zero_grad()
-            torch.autograd.backward(loss, inputs=list(phase.networks[key].parameters()), retain_graph=True)
+            parameters = [p for p in networks[key].parameters() if p.requires_grad]
+            torch.autograd.backward(loss, inputs=parameters, retain_graph=True)
             optimisers[key].step()
     return work
 
