@@ -57,7 +57,8 @@ class HGDRecipe(Recipe):
             pixel-guided baseline) or ``"cross-entropy"`` (CGD).
         layer: the target's module whose output FGD matches; default: its last convolutional
             feature map (the last module, in execution order, with a 4-D output larger than 1x1:
-            ``Mixed_7c`` for Inception-v3 as in the sample config, ``layer4`` for a ResNet).
+            ``Mixed_7c`` for Inception-v3 as in the sample config, ``layer4`` for a ResNet), which
+            the trainer writes into the recipe, so the model card names it.
         attack: ``"set"`` or ``"pgd"``.
         sources: model specs attacked by the set (default: the target).
         max_eps: the set's per-image budgets are the integers 1 .. 255 * max_eps - 1, over 255 (16/255).
@@ -121,16 +122,15 @@ class HGDRecipe(Recipe):
                 x_adv[chosen] = iterative_fgsm(models, x[chosen], eps[chosen], iterations)
         return x_adv
 
-    def loss(self, denoiser: HGD, target: nn.Module, layer: "str | None", x: torch.Tensor, x_adv: torch.Tensor,
-             y: torch.Tensor) -> StepResult:
+    def loss(self, denoiser: HGD, target: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> StepResult:
         """The guide loss of D(x') (HGD's ``DenoiseLoss`` with n = 1, or CGD's cross-entropy) and f(D(x'))'s logits."""
         denoised = denoiser.denoise(x_adv)
         if self.guide == "pixel":
             return StepResult(F.l1_loss(denoised.float(), x.float()))
         if self.guide == "feature":
             with torch.no_grad():
-                clean, _ = layer_and_logits(target, x, layer)
-            features, logits = layer_and_logits(target, denoised, layer)
+                clean, _ = layer_and_logits(target, x, self.layer)
+            features, logits = layer_and_logits(target, denoised, self.layer)
             return StepResult(F.l1_loss(features.float(), clean.float()), logits)
         logits = target(denoised)
         if self.guide == "cross-entropy":
@@ -234,18 +234,17 @@ class HGDTraining(DefenseTrainer):
             built.append(model.eval().requires_grad_(False))
         return built
 
-    @cached_property
-    def layer(self) -> "str | None":
-        """The target's module FGD matches (None for the other guides)."""
-        if self.recipe.guide != "feature":
-            return None
-        if self.recipe.layer is not None:
-            if self.recipe.layer not in dict(self.target.named_modules()):
-                raise TrainingError(f"hgd:layer={self.recipe.layer!r}: the target {str(self.target_spec)!r} has no "
-                                    "such module (omit layer to use its last convolutional feature map)")
-            return self.recipe.layer
-        device = next(iter(self.target.state_dict().values()), torch.empty(0)).device
-        return last_feature_map(self.target, self.train.x[:1].to(device))
+    def resolve_layer(self) -> None:
+        """Check FGD's ``layer`` on the target, or find its last convolutional map and write it into the recipe (and card)."""
+        recipe = self.recipe
+        if recipe.guide != "feature":
+            return
+        if recipe.layer is None:
+            device = next(iter(self.target.state_dict().values()), torch.empty(0)).device
+            recipe.layer = last_feature_map(self.target, self.train.x[:1].to(device))
+        elif recipe.layer not in dict(self.target.named_modules()):
+            raise TrainingError(f"hgd:layer={recipe.layer!r}: the target {str(self.target_spec)!r} has no such "
+                                "module (omit layer to use its last convolutional feature map)")
 
     def step(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> StepResult:
         """One batch: x' from the recipe's attack, then the guide loss of D(x')."""
@@ -254,7 +253,7 @@ class HGDTraining(DefenseTrainer):
         else:
             sources = [source.to(x.device) for source in self.sources]
             x_adv = self.recipe.attack_set(sources, x, generator)
-        return self.recipe.loss(self.module, self.target, self.layer, x, x_adv, y)
+        return self.recipe.loss(self.module, self.target, x, x_adv, y)
 
     def phases(self) -> list[Phase]:
         """One phase over the schedule's epochs."""
@@ -263,5 +262,5 @@ class HGDTraining(DefenseTrainer):
         if size != (expected, expected):
             raise TrainingError(f"{str(self.dataset_spec)!r} images are {size[0]}x{size[1]}, but this DUNET takes "
                                 f"{expected}x{expected}; train hgd:input_size={size[-1]}")
-        return [Phase("main", self.schedule, self.step, seed=self.seed,
-                      config={"recipe": str(self.recipe.spec), "layer": self.layer})]
+        self.resolve_layer()
+        return [Phase("main", self.schedule, self.step, seed=self.seed, config={"recipe": str(self.recipe.spec)})]
