@@ -62,6 +62,7 @@ EXAMPLE_SPECS: dict[str, list[str]] = {
     # learned purifiers at a reduced size (the paper size costs seconds per call); static and dynamic modes
     "nrp": ["nrp:nf=8,nb=2,gc=8", "nrp:arch=resg,nf=8,nb=2,dynamic=true"],
     "rdp": ["rdp:width=16,blocks=2", "rdp:width=16,blocks=2,noise=0.05"],
+    "hgd": ["hgd:input_size=32,width=8"],  # the DUNET is built for one image size: CIFAR-10's here
 }
 
 ATTACK_KINDS = ("white-box", "transfer", "black-box")

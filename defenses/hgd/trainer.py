@@ -21,7 +21,7 @@ from torch import nn
 
 from robench.defenses.hgd.defense import HGD
 from robench.hyper import check_positive, check_positive_int
-from robench.spec import Spec, SpecError, parse_eps, parse_spec
+from robench.spec import SpecError, parse_eps, parse_spec
 from robench.threat import ThreatModel
 from robench.train.checks import build_plugin, check_trained
 from robench.train.inner import evaluating, perturb
