@@ -26,12 +26,13 @@ class HGD(Defense):
     ImageNet / NIPS 2017 images, ``input_size=32`` for CIFAR-10 and SVHN (DIR's retrained HGD).
 
     Untrained unless ``weights`` is given: a checkpoint of ``robench train hgd`` (FGD / LGD / CGD /
-    pixel-guided training, see its trainer), or the authors' released file for an Inception guide
-    (``denoise_incepv3_012.ckpt``, ``denoise_inres_014.ckpt`` from the README's link: a
-    ``{'state_dict': ...}`` of the whole guided model, whose ``net.denoise.*`` tensors load into the
-    DUNET; the guide classifier's tensors are not used, the classifier is the cell's model). The
-    released denoisers of ResNet guides take ImageNet mean/std-normalised inputs and are not
-    supported. Evaluating an untrained HGD is meaningless.
+    pixel-guided training, see its trainer), or the authors' released file for the Inception-v3
+    guide (``denoise_incepv3_012.ckpt`` from the README's link: a ``{'state_dict': ...}`` of the
+    whole guided model, whose ``net.denoise.*`` tensors load into the DUNET; the guide classifier's
+    tensors are not used, the classifier is the cell's model). ``denoise_inres_014.ckpt`` loads the
+    same way if its denoiser has the sample's architecture (not verified). The released denoisers
+    of ResNet guides take ImageNet mean/std-normalised inputs and are not supported. Evaluating an
+    untrained HGD is meaningless.
 
     Deviation: the output is clamped to [0, 1], as the Defense contract requires; the released code
     passes the unclamped denoised image to the classifier.

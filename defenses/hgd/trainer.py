@@ -47,10 +47,14 @@ class HGDRecipe(Recipe):
     CIFAR-10 (Sec. 4.1): PGD against the frozen target, ``steps`` steps of ``step_size`` within
     ``eps`` from a uniform random start, on the true label.
 
-    Named deviations: the released code draws the attacks offline, every training image under
+    Deviations from the released code: it draws the attacks offline, every training image under
     every attack, so one of its epochs holds (attacks) x (images) pairs; here every image draws one
-    attack per epoch, on the fly. The pixel loss is measured in [0, 1] units (the released code's
-    [-1, 1] doubles it; Adam's steps do not depend on that scale).
+    attack per epoch, on the fly. Its iterative attacks add 0.4 x the cross-entropy of Inception's
+    auxiliary logits, which registered models do not expose; [CHOICE] an ensemble averages logits
+    (how the released ensemble attacks combine their models was not read). The pixel loss is
+    measured in [0, 1] units (the released [-1, 1] doubles it; Adam's steps do not depend on that
+    scale). The released loader flips images horizontally at random; robench applies the dataset's
+    usual augmentation (``--augment``).
 
     Args:
         guide: ``"feature"`` (FGD, the sample config's), ``"logits"`` (LGD), ``"pixel"`` (the
