@@ -121,11 +121,10 @@ def test_paper_schedule_is_the_default():
     ({"recipe": 'hgd:attack=pgd,sources=["resnet18-standard"]'}, "sources"),
     ({"recipe": "hgd:max_eps=0.05"}, "max_eps"),
     ({"recipe": 'hgd:sources=["resnet18"]'}, "no trained weights"),
+    ({"recipe": 'hgd:sources=["resnet18-standard:nope=1"]'}, "nope"),
     ({"model": "hgd:width=4"}, "input_size=32"),
     ({"model": "jpeg"}, "hgd spec"),
 ])
 def test_bad_input_is_named_before_any_epoch(tmp_path, options, mentions):
     with pytest.raises(TrainingError, match=mentions):
-        run = plan(tmp_path, **options)
-        run.phases()
-        run.sources
+        plan(tmp_path, **options).phases()

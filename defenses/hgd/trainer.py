@@ -267,4 +267,8 @@ class HGDTraining(DefenseTrainer):
             raise TrainingError(f"{str(self.dataset_spec)!r} images are {size[0]}x{size[1]}, but this DUNET takes "
                                 f"{expected}x{expected}; train hgd:input_size={size[-1]}")
         self.resolve_layer()
-        return [Phase("main", self.schedule, self.step, seed=self.seed, config={"recipe": str(self.recipe.spec)})]
+        config = {"recipe": str(self.recipe.spec)}
+        if self.recipe.sources is not None:  # built and checked now, before any epoch; their weights join the identity
+            config["sources"] = {spec: dict(getattr(model, "checkpoints", {}))
+                                 for spec, model in zip(self.recipe.sources, self.sources)}
+        return [Phase("main", self.schedule, self.step, seed=self.seed, config=config)]
