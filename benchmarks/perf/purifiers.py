@@ -3,8 +3,9 @@
 In one process, on the same device, with one untimed warm-up and the median of ``--repeats`` runs:
 
   * for every ``--defense`` (default: paper-size ``rdp``, ``nrp``, ``nrp:arch=resg``,
-    ``comdefend``, ``sr`` (EDSR baseline, the authors' size; its wavelet step on CPU) with random
-    weights, and ``dir`` at 32x32 only), at 32x32 (CIFAR-10 batch,
+    ``comdefend``, ``hgd`` and ``sr`` (EDSR baseline, the authors' size; its wavelet step on CPU)
+    with random weights, and ``hgd:input_size=32`` and ``dir`` at 32x32 only; a size-specific
+    purifier runs only at its ``input_size``), at 32x32 (CIFAR-10 batch,
     ``resnet18-standard``) and 299x299 (NIPS 2017 DEV size, ``inception-v3:pretrained=false``, the
     ImageNet backbones' cost class): images per second of the purifier's forward (no grad), of
     the classifier's forward and of one attack step on the classifier (forward + backward to the
@@ -12,8 +13,10 @@ In one process, on the same device, with one untimed warm-up and the median of `
     that purification adds (a small fraction is the goal);
   * one ``robench train rdp`` and one ``robench train nrp`` step at 32x32 (SSP examples, the
     losses and every network's Adam update) with F = ``vgg16:pretrained=false`` (VGG-16 relu3_3's
-    cost, no download), and one ``robench train sr`` step (EDSR baseline x2 on 16 -> 32 pixel
-    bicubic pairs, L1, Adam), in classifier attack steps.
+    cost, no download), and one ``robench train hgd`` step at 32x32 as DIR retrains HGD (PGD-5
+    against ``resnet18-standard``, FGD on its last feature map, the DUNET's Adam update) and one
+    ``robench train sr`` step (EDSR baseline x2 on 16 -> 32 pixel bicubic pairs, L1, Adam), in
+    classifier attack steps.
 
 A measurement, not a test: the exit code is 0 unless something raises.
 
@@ -40,13 +43,15 @@ from tabulate import tabulate  # noqa: E402
 from robench import registry  # noqa: E402
 from robench.env import pick_device  # noqa: E402
 
-DEFAULTS = ["rdp", "nrp", "nrp:arch=resg", "comdefend", "sr", "dir"]
-# name -> (recipe spec, what one step does) of the timed training steps
-TRAINING = {
-    "rdp": ('rdp:features="vgg16:pretrained=false",crop=32', "SSP 10 steps, every network's Adam update"),
-    "nrp": ('nrp:features="vgg16:pretrained=false",crop=32', "SSP 10 steps, every network's Adam update"),
-    "sr": ("sr:patch=32", "16 -> 32 pixel bicubic pairs, L1, Adam"),
-}
+DEFAULTS = ["rdp", "nrp", "nrp:arch=resg", "comdefend", "hgd", "hgd:input_size=32", "sr", "dir"]
+SSP = 'features="vgg16:pretrained=false",crop=32'
+# name, recipe, model, target, what one step does
+TRAINING_STEPS = [
+    ("rdp", f"rdp:{SSP}", "rdp", None, "SSP 10 steps, every network's Adam update"),
+    ("nrp", f"nrp:{SSP}", "nrp", None, "SSP 10 steps, every network's Adam update"),
+    ("hgd", "hgd:attack=pgd", "hgd:input_size=32", "resnet18-standard", "PGD-5 on the target, FGD, Adam update"),
+    ("sr", "sr:patch=32", "sr", None, "16 -> 32 pixel bicubic pairs, L1, Adam"),
+]
 
 
 def median_rate(work, batch: int, repeats: int, device: torch.device) -> float:
@@ -95,8 +100,8 @@ def main() -> None:
         step = median_rate(attack_step(classifier, x), batch, args.repeats, device)
         for spec in args.defense or DEFAULTS:
             purifier = registry.build("defenses", spec).to(device).eval()
-            if size != 32 and type(purifier).__name__ == "DIR":
-                continue  # DIR is built for 32x32 images
+            if getattr(purifier, "input_size", 32) != size or (size != 32 and type(purifier).__name__ == "DIR"):
+                continue  # built for one image size (DIR and hgd:input_size=32 for 32x32, hgd for 299x299)
             purify = median_rate(no_grad(purifier, x), batch, args.repeats, device)
             rows.append([f"{size}x{size}", spec, classifier_spec, batch, f"{purify:.3g}", f"{forward:.3g}",
                          f"{step:.3g}", f"{step / purify:.3g}"])
@@ -107,23 +112,26 @@ def main() -> None:
     classifier = registry.build("models", "resnet18-standard").to(device).eval()
     x = torch.rand(args.batch, 3, 32, 32, device=device)
     step = median_rate(attack_step(classifier, x), args.batch, args.repeats, device)
-    for name, (recipe, what) in TRAINING.items():
-        training = median_rate(training_step(name, recipe, args.batch, device), args.batch, args.repeats, device)
-        print(f"one robench train {name} step at 32x32 ({recipe}, {what}): "
+    for name, recipe, spec, target, what in TRAINING_STEPS:
+        work = training_step(name, recipe, spec, target, args.batch, device)
+        training = median_rate(work, args.batch, args.repeats, device)
+        print(f"one robench train {name} step at 32x32 ({spec}, {what}): "
               f"{training:.1f} img/s = {step / training:.1f} classifier attack steps")
     load = os.getloadavg()[0]
     if load > (os.cpu_count() or 1):
         print(f"WARNING: load average {load:.1f} on {os.cpu_count()} cores: wall times are noisy")
 
 
-def training_step(name: str, recipe: str, batch: int, device: torch.device):
-    """One optimisation step of ``robench train NAME`` (the paper-size defense) on a synthetic batch, as a timed callable."""
+def training_step(name: str, recipe: str, spec: str, target: "str | None", batch: int, device: torch.device):
+    """One optimisation step of ``robench train NAME`` on a synthetic batch, as a timed callable."""
     from robench.train import Evaluation
     from robench.train.command import defense_trainer
 
     output = Path(tempfile.gettempdir()) / f"robench-perf-{name}.pt"  # planned only: nothing is written
-    run = defense_trainer(name).plan(recipe, model=name, dataset="synthetic", split="test", n=batch, batch_size=batch,
-                                     epochs=1, evaluation=Evaluation(n=0), output=output)
+    run = defense_trainer(name).plan(recipe, model=spec, target=target, dataset="synthetic", split="test", n=batch,
+                                     batch_size=batch, epochs=1, evaluation=Evaluation(n=0), output=output)
+    if run.target is not None:
+        run.target.to(device)
     phase = run.phases()[0]
     networks = phase.networks or {"main": run.module}
     for network in networks.values():
