@@ -16,10 +16,9 @@ from importlib import resources
 from pathlib import Path
 
 import pandas as pd
-from tabulate import tabulate
-
-from robench.flags import FLAG_DOCS
-from robench.report import REPRODUCIBILITY, machine_label, wilson_interval
+from robench.document import REPRODUCIBILITY, Document, Item, Table, flag_notes, joined, marks_of, provenance
+from robench.render.markdown import render_markdown
+from robench.report import machine_label, wilson_interval
 from robench.spec import parse_spec
 from robench.store import CellRecord, Store
 
@@ -154,50 +153,48 @@ def layout(table: PaperTable, entries: list[Entry]) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
-def render_paper_markdown(table: PaperTable, frame: pd.DataFrame, entries: list[Entry], commands: list[str]) -> str:
-    """The table in the paper's layout: each value column as robench's number (n) beside the paper's."""
+def paper_document(table: PaperTable, frame: pd.DataFrame, entries: list[Entry], commands: list[str]) -> Document:
+    """The table in the paper's layout as a :class:`Document`: each value column as robench's number beside the paper's."""
+    flags = flag_notes(frame["robench_flags"])
     wide = []
     for _, group in frame.groupby("paper_row", sort=True):
-        row = {k: group.iloc[0][k] for k in table.keys}
+        row = {k: Item(str(group.iloc[0][k])) for k in table.keys}
         for r in group.to_dict("records"):
-            row[r["paper_column"]] = _cell_text(r)
-            row[f"{r['paper_column']} (paper)"] = r["paper"]
+            row[r["paper_column"]] = _cell_item(r, flags)
+            row[f"{r['paper_column']} (paper)"] = Item(r["paper"], sort=_number(r["paper"]))
         wide.append(row)
+    columns = tuple(wide[0]) if wide else table.keys
+    numeric = frozenset(columns[len(table.keys):])
+    shown = Table(table.name, "", columns, tuple(tuple(r[c] for c in columns) for r in wide), numeric=numeric)
     done = [e.record for e in entries if e.record is not None and e.record.status == "done"]
     env = [r.provenance.get("environment", {}) for r in done]
-    lines = [f"# {table.source or table.name}", ""]
-    lines += [
-        f"Each value column is {UNITS[table.unit]}; the column beside it, marked (paper), is the number the paper "
-        "prints. For stochastic defenses an example counts as robust only if it survives every scoring draw "
-        "(the per-draw mean is in the CSV).",
-        "",
-        REPRODUCIBILITY,
-        "",
-        f"- n: {_joined(r.summary.get('n') for r in done)}; seed: {_joined(r.spec['seed'] for r in done)}; "
-        f"scoring draws: {_joined(r.spec['draws'] for r in done)}; EOT draws: {_joined(r.spec['eot'] for r in done)}",
-        f"- device: {_joined(machine_label(e) for e in env)}",
-        f"- versions: {_joined(_versions(e) for e in env)}",
-        f"- benchmarks: {_joined(e.benchmark for e in entries)}",
-    ]
-    if commands:
-        lines += ["- produced by:", "", *[f"      {c}" for c in commands], ""]
+    header = (
+        ("n", joined(r.summary.get("n") for r in done)), ("seed", joined(r.spec["seed"] for r in done)),
+        ("scoring draws", joined(r.spec["draws"] for r in done)), ("EOT draws", joined(r.spec["eot"] for r in done)),
+        *provenance((machine_label(e) for e in env), (_versions(e) for e in env)),
+        ("benchmarks", joined(e.benchmark for e in entries)),
+    )
     cards = _model_cards([e.record for e in entries if e.record is not None])
     if cards:
-        lines += ["- checkpoints and their model cards:", "", *[f"  - {c}" for c in cards]]
-    lines += ["", tabulate(pd.DataFrame(wide), headers="keys", tablefmt="github", showindex=False,
-                           disable_numparse=True)]
-    notes: dict[tuple[str, str], dict[str, list[str]]] = {}
+        header += (("checkpoints and their model cards", "; ".join(cards)),)
+    notes = (f"Each value column is {UNITS[table.unit]}; the column beside it, marked (paper), is the number the paper "
+             "prints. For stochastic defenses an example counts as robust only if it survives every scoring draw "
+             "(the per-draw mean is in the CSV).", REPRODUCIBILITY)
+    gaps: dict[tuple[str, str], dict[str, list[str]]] = {}
     for r in frame[frame["robench_status"].isin(["missing", "error", "not run"])].to_dict("records"):
         row = " / ".join(str(r[k]) for k in table.keys)
-        notes.setdefault((r["robench_status"], r["robench_reason"]), {}).setdefault(row, []).append(r["paper_column"])
-    if notes:
-        lines += ["", "Cells without a number:", ""]
-        lines += [f"- {status}: {reason}. Rows: " + "; ".join(f"{row} ({', '.join(cols)})" for row, cols in rows.items())
-                  for (status, reason), rows in notes.items()]
-    flags = sorted({f for cell in frame["robench_flags"] for f in str(cell).split(";") if f in FLAG_DOCS})
-    if flags:
-        lines += ["", "Flags:", ""] + [f"- `{f}`: {FLAG_DOCS[f]}" for f in flags]
-    return "\n".join(lines) + "\n"
+        gaps.setdefault((r["robench_status"], r["robench_reason"]), {}).setdefault(row, []).append(r["paper_column"])
+    missing = ()
+    if gaps:
+        missing = ("Cells without a number:", *(
+            f"- {status}: {reason}. Rows: " + "; ".join(f"{row} ({', '.join(cols)})" for row, cols in rows.items())
+            for (status, reason), rows in gaps.items()))
+    return Document(table.source or table.name, header, tuple(commands), notes, (shown,), flags, missing, (), frame)
+
+
+def render_paper_markdown(table: PaperTable, frame: pd.DataFrame, entries: list[Entry], commands: list[str]) -> str:
+    """The table in the paper's layout as Markdown (:func:`paper_document`)."""
+    return render_markdown(paper_document(table, frame, entries, commands))
 
 
 def write_paper_report(
@@ -264,11 +261,16 @@ def _robench_numbers(entry: Entry | None, unit: str = "accuracy") -> dict:
             "robench_ci_low": 100 * low, "robench_ci_high": 100 * high, "robench_draw_mean": draw_mean}
 
 
-def _cell_text(row: dict) -> str:
+def _cell_item(row: dict, flags) -> Item:
     if row["robench_status"] == "done":
-        flags = f"; {row['robench_flags']}" if row["robench_flags"] else ""
-        return f"{row['robench']:.1f} (n={int(row['robench_n'])}{flags})"
-    return row["robench_status"] or NO_CELL
+        title = f"95% CI [{row['robench_ci_low']:.1f}, {row['robench_ci_high']:.1f}]; benchmark {row['robench_benchmark']}"
+        return Item(f"{row['robench']:.1f} (n={int(row['robench_n'])})", title=title, sort=row["robench"],
+                    marks=marks_of(row["robench_flags"], flags))
+    return Item(row["robench_status"] or NO_CELL, title=row["robench_reason"], sort=-1.0)
+
+
+def _number(text: str) -> float:
+    return float(text) if _is_number(text) else -1.0
 
 
 def _model_cards(records: list[CellRecord]) -> list[str]:
@@ -334,11 +336,6 @@ def _shas(value) -> list[str]:
 
 def _versions(env: dict) -> str:
     return ", ".join(f"{k} {env[k]}" for k in ("robench", "torch", "torchattacks") if k in env)
-
-
-def _joined(values) -> str:
-    found = sorted({str(v) for v in values if v not in (None, "")})
-    return ", ".join(found) or "-"
 
 
 def _who(entry: Entry) -> str:

@@ -1,10 +1,12 @@
-"""The eps-sweep figure written next to a leaderboard (RDP Fig. 4's layout)."""
+"""The figures written next to a leaderboard: eps and steps sweeps (RDP Fig. 4's layout), worst case per defense."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 import torch
+
+pytest.importorskip("matplotlib", reason="plots need the plots extra: pip install 'robench[plots]'")
 
 from robench.grid import Benchmark, expand
 from robench.plots import SWEEP_FILE, sweep_rows, write_eps_sweep
