@@ -73,6 +73,13 @@ def paper_folder(paper: str) -> Path:
     return Path(str(folder))
 
 
+def shipped_papers() -> dict[str, Path]:
+    """Every paper whose tables robench ships, name -> folder of its CSVs."""
+    root = resources.files("robench.benchmarks")
+    return {p.name: Path(str(p.joinpath("paper"))) for p in sorted(root.iterdir(), key=lambda p: p.name)
+            if p.joinpath("paper").is_dir()}
+
+
 def read_paper_tables(folder: "str | Path", row_columns: dict[str, set[str]] | None = None) -> dict[str, PaperTable]:
     """Read every ``*.csv`` of a paper folder; numeric columns not used as row labels are value columns.
 
@@ -153,14 +160,15 @@ def layout(table: PaperTable, entries: list[Entry]) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
-def paper_document(table: PaperTable, frame: pd.DataFrame, entries: list[Entry], commands: list[str]) -> Document:
+def paper_document(table: PaperTable, frame: pd.DataFrame, entries: list[Entry], commands: list[str],
+                   cell_href=None) -> Document:
     """The table in the paper's layout as a :class:`Document`: each value column as robench's number beside the paper's."""
     flags = flag_notes(frame["robench_flags"])
     wide = []
     for _, group in frame.groupby("paper_row", sort=True):
         row = {k: Item(str(group.iloc[0][k])) for k in table.keys}
         for r in group.to_dict("records"):
-            row[r["paper_column"]] = _cell_item(r, flags)
+            row[r["paper_column"]] = _cell_item(r, flags, cell_href)
             row[f"{r['paper_column']} (paper)"] = Item(r["paper"], sort=_number(r["paper"]))
         wide.append(row)
     columns = tuple(wide[0]) if wide else table.keys
@@ -197,10 +205,10 @@ def render_paper_markdown(table: PaperTable, frame: pd.DataFrame, entries: list[
     return render_markdown(paper_document(table, frame, entries, commands))
 
 
-def write_paper_report(
-    store: Store, paper_dir: "str | Path", out_dir: "str | Path", benchmarks: list[str] | None = None
-) -> list[Path]:
-    """Write ``<out_dir>/<table>.md`` and ``.csv`` for every paper CSV in ``paper_dir``; returns the paths."""
+def paper_documents(
+    store: Store, paper_dir: "str | Path", benchmarks: list[str] | None = None, cell_href=None
+) -> dict[str, tuple[Document, list[Entry]]]:
+    """Every paper CSV in ``paper_dir`` as a :class:`Document` in the paper's layout, with the cells filling it."""
     names = {p.stem for p in Path(paper_dir).glob("*.csv")}
     if not names:
         raise PaperReportError(f"no paper tables (*.csv) in {paper_dir}")
@@ -208,16 +216,27 @@ def write_paper_report(
     row_columns: dict[str, set[str]] = {}
     for entry in entries:
         row_columns.setdefault(entry.labels["table"], set()).update(entry.labels.get("row", {}))
+    documents = {}
+    for name, table in read_paper_tables(paper_dir, row_columns).items():
+        mine = [e for e in entries if e.labels["table"] == name]
+        commands = list(dict.fromkeys(c for b in dict.fromkeys(e.benchmark for e in mine) for c in store.commands(b)))
+        documents[name] = (paper_document(table, layout(table, mine), mine, commands, cell_href), mine)
+    return documents
+
+
+def write_paper_report(
+    store: Store, paper_dir: "str | Path", out_dir: "str | Path", benchmarks: list[str] | None = None
+) -> list[Path]:
+    """Write ``<out_dir>/<table>.md`` and ``.csv`` for every paper CSV in ``paper_dir``; returns the paths."""
+    from robench.render.csv import render_csv
+
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, table in read_paper_tables(paper_dir, row_columns).items():
-        mine = [e for e in entries if e.labels["table"] == name]
-        frame = layout(table, mine)
-        commands = list(dict.fromkeys(c for b in dict.fromkeys(e.benchmark for e in mine) for c in store.commands(b)))
+    for name, (document, _) in paper_documents(store, paper_dir, benchmarks).items():
         csv_path, md_path = folder / f"{name}.csv", folder / f"{name}.md"
-        frame.to_csv(csv_path, index=False, float_format="%.6g")
-        md_path.write_text(render_paper_markdown(table, frame, mine, commands))
+        csv_path.write_text(render_csv(document))
+        md_path.write_text(render_markdown(document))
         written += [csv_path, md_path]
     return written
 
@@ -261,12 +280,13 @@ def _robench_numbers(entry: Entry | None, unit: str = "accuracy") -> dict:
             "robench_ci_low": 100 * low, "robench_ci_high": 100 * high, "robench_draw_mean": draw_mean}
 
 
-def _cell_item(row: dict, flags) -> Item:
+def _cell_item(row: dict, flags, cell_href=None) -> Item:
+    href = cell_href(row["robench_key"]) if cell_href and row["robench_key"] else ""
     if row["robench_status"] == "done":
         title = f"95% CI [{row['robench_ci_low']:.1f}, {row['robench_ci_high']:.1f}]; benchmark {row['robench_benchmark']}"
         return Item(f"{row['robench']:.1f} (n={int(row['robench_n'])})", title=title, sort=row["robench"],
-                    marks=marks_of(row["robench_flags"], flags))
-    return Item(row["robench_status"] or NO_CELL, title=row["robench_reason"], sort=-1.0)
+                    marks=marks_of(row["robench_flags"], flags), href=href)
+    return Item(row["robench_status"] or NO_CELL, title=row["robench_reason"], sort=-1.0, href=href)
 
 
 def _number(text: str) -> float:

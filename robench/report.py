@@ -9,6 +9,7 @@ Numbers stay numbers until rendered; the interval is Wilson's 95% score interval
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -168,6 +169,11 @@ def leaderboard_document(frame: pd.DataFrame, *, title: str, commands: list[str]
     tables = (*pivot_tables(frame, flags, cell_href), _full_table(frame, [c for c in SHOWN if c not in constant], flags,
                                                                  cell_href))
     return Document(title, header, tuple(commands), (REPRODUCIBILITY,), tables, flags, tuple(lines), figures, frame)
+
+
+def pivot_only(document: Document) -> Document:
+    """The document with its pivot tables only (the terminal's default view): no per-cell table, no notes."""
+    return replace(document, tables=tuple(t for t in document.tables if t.name.startswith("pivot")), notes=())
 
 
 def render_markdown(frame: pd.DataFrame, *, title: str, commands: list[str]) -> str:

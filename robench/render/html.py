@@ -63,13 +63,13 @@ def render_html(document: Document, *, nav: tuple[tuple[str, str], ...] = (), ex
                                                      for k, v in document.header) + "</dl>")
     if document.commands:
         parts.append("<p>Produced by:</p><pre>" + "\n".join(escape(c) for c in document.commands) + "</pre>")
-    for name, caption in document.figures:
-        parts.append(f'<figure><img src="{escape(name)}" alt="{escape(caption)}"><figcaption>{escape(caption)}'
-                     "</figcaption></figure>")
     for table in document.tables:
         if table.caption:
             parts.append(f"<h2>{escape(table.caption)}</h2>")
         parts.append(html_table(table))
+    for name, caption in document.figures:
+        parts.append(f'<figure><img src="{escape(name)}" alt="{escape(caption)}"><figcaption>{escape(caption)}'
+                     "</figcaption></figure>")
     if document.flags:
         parts.append("<h2>Flags</h2><ul>" + "".join(
             f'<li id="flag-{escape(flag)}"><sup class="flag">{mark}</sup> <code>{escape(flag)}</code>: {escape(text)}</li>'

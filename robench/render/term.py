@@ -6,6 +6,7 @@ chunks, each repeating the first (row-label) column, so no line is ever wider th
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 from tabulate import tabulate
@@ -75,9 +76,23 @@ def _widest(lines: list[str]) -> int:
 
 
 def _fold(text: str, width: int) -> str:
-    """Wrap each line of ``text`` at ``width``, breaking long words (spec strings) when they must."""
-    return "\n".join(part for line in text.split("\n")
-                     for part in (textwrap.wrap(line, width, break_on_hyphens=False) or [""]))
+    """Wrap each line of ``text`` at ``width``, preferring breaks after spaces, commas, colons and '='."""
+    out = []
+    for line in text.split("\n"):
+        current = ""
+        for piece in re.split(r"(?<=[ ,:=/])", line):
+            while len(piece) > width:  # a piece longer than the column: break it hard
+                if current:
+                    out.append(current.rstrip())
+                    current = ""
+                out.append(piece[:width])
+                piece = piece[width:]
+            if len(current) + len(piece.rstrip()) > width:
+                out.append(current.rstrip())
+                current = ""
+            current += piece
+        out.append(current.rstrip())
+    return "\n".join(out)
 
 
 def _wrapper(width: int):
