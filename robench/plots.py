@@ -96,7 +96,8 @@ def write_worst_case_bars(frame: pd.DataFrame, path: "str | Path") -> Path | Non
     for axis, ((dataset, model, threat), panel) in zip(axes[:, 0], panels):
         panel = panel.sort_values("robust_acc")
         value = 100 * panel["robust_acc"].astype(float)
-        low, high = value - 100 * panel["robust_ci_low"], 100 * panel["robust_ci_high"] - value
+        low = (value - 100 * panel["robust_ci_low"]).clip(lower=0)  # rounding can make a zero width negative
+        high = (100 * panel["robust_ci_high"] - value).clip(lower=0)
         axis.barh(panel["defense"], value, xerr=[low, high], capsize=3, color="#4c72b0")
         axis.set_xlim(0, 100)
         axis.set_xlabel("worst-case robust accuracy (%), 95% interval")

@@ -54,7 +54,7 @@ def write_site(store: Store, out_dir: "str | Path", benchmarks: list[str] | None
     for paper, folder in (shipped_papers() if papers is None else papers).items():
         if not paper_entries(store, {p.stem for p in folder.glob("*.csv")}, names):
             continue
-        for table, (document, entries) in paper_documents(store, folder, names, href(3)).items():
+        for table, (document, entries) in paper_documents(store, folder, names, href(2)).items():
             if not entries:
                 continue
             path = f"{PAPERS}/{paper}/{table}.html"
