@@ -61,6 +61,11 @@ class Document:
     data: pd.DataFrame | None = field(default=None, compare=False)
 
 
+def cell_text(item: Item) -> str:
+    """An item as plain text: its text followed by its flag marks in parentheses."""
+    return f"{item.text} ({','.join(item.marks)})" if item.marks else item.text
+
+
 def joined(values: Iterable) -> str:
     """The distinct non-empty values, sorted and comma-separated ('-' when there are none)."""
     found = sorted({str(v) for v in values if v is not None and str(v) != "" and str(v) != "nan"})

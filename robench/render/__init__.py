@@ -19,7 +19,3 @@ def render(document, fmt: str, **options) -> str:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     return renderer(document, **options)
 
-
-def cell_text(item) -> str:
-    """An item as plain text: its text followed by its flag marks in parentheses."""
-    return f"{item.text} ({','.join(item.marks)})" if item.marks else item.text

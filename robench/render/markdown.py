@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from robench.document import Document, Table
-from robench.render import cell_text
+from robench.document import Document, Table, cell_text
 
 
 def render_markdown(document: Document) -> str:

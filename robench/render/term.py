@@ -11,8 +11,7 @@ import textwrap
 
 from tabulate import tabulate
 
-from robench.document import Document, Table
-from robench.render import cell_text
+from robench.document import Document, Table, cell_text
 
 WIDTH = 100
 LABEL_WIDTH = 28  # the row-label column wraps beyond this many characters
