@@ -3,7 +3,7 @@
 Rows are defenses (with their clean accuracy), columns are the attacks of each setting, cells are
 robust accuracy; the last column is the defense's worst case: within a setting, the per-example AND
 over its attacks (the leaderboard's ``worst-case`` rows), and over settings the lowest of those.
-Rows are sorted by it, most robust first. A leaderboard with several datasets, models or threats
+Rows are sorted by it, most robust first (ties: higher clean accuracy first). A leaderboard with several datasets, models or threats
 gets one pivot per combination, so a cell is never compared across budgets.
 """
 
@@ -62,15 +62,14 @@ def _pivot(part: pd.DataFrame, worst: pd.DataFrame, flags, cell_href, label: str
     for row in cells.itertuples(index=False):
         found.setdefault((row.defense, row.setting, row.attack), row)
     worst_by_defense = {row.defense: row for row in worst.itertuples(index=False)}
-    defenses = list(dict.fromkeys(cells["defense"]))
-    defenses.sort(key=lambda d: -_number(getattr(worst_by_defense.get(d), "robust_acc", math.nan), -1.0))
     rows = []
-    for defense in defenses:
+    for defense in dict.fromkeys(cells["defense"]):
         mine = [found.get((defense, s, a)) for s, a in columns]
         items = [Item(defense, sort=defense), _clean(r for r in mine if r is not None)]
         items += [_robust(r, flags, cell_href) for r in mine]
         items.append(_worst(worst_by_defense.get(defense)))
         rows.append(tuple(items))
+    rows.sort(key=lambda r: (-r[-1].sort, -r[1].sort))  # most robust first; ties: higher clean accuracy first
     settings = list(dict.fromkeys(s for s, _ in columns))
     groups = (("", 2), *((s, sum(c[0] == s for c in columns)) for s in settings), ("", 1))
     names = ("defense", "clean %", *(a for _, a in columns), WORST_COLUMN)
@@ -106,6 +105,8 @@ def _robust(row, flags, cell_href) -> Item:
 def _worst(row) -> Item:
     if row is None:
         return Item("", sort=-1.0)
+    if _nan(row.robust_acc):
+        return Item("", sort=-1.0)
     title = (f"95% CI [{_pct(row.robust_ci_low)}, {_pct(row.robust_ci_high)}], n={row.n}; lowest over settings, "
              f"here {row.setting} ({'every attack' if row.attack == WORST_CASE else row.attack})")
     return Item(_pct(row.robust_acc), title=title, sort=row.robust_acc)
@@ -119,5 +120,3 @@ def _nan(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _number(value, default: float) -> float:
-    return default if _nan(value) else float(value)

@@ -21,6 +21,7 @@ th[aria-sort=descending]:after{content:" \\2193"}td.num{text-align:right}
 tbody tr:nth-child(even){background:#fafafa}sup.flag{color:#b3261e;font-weight:600;cursor:help}
 dl.header{display:grid;grid-template-columns:max-content auto;gap:.15em 1em}dt{font-weight:600}dd{margin:0}
 pre{background:#f6f8fa;padding:.6em;overflow-x:auto}figure{margin:1em 0}img{max-width:100%}
+td a{color:inherit;text-decoration:underline dotted #888}td.num{white-space:nowrap}
 input.filter{margin:.3em 0;padding:.2em .4em;width:20em}.note{color:#444}
 """
 
