@@ -14,7 +14,8 @@ STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#1b1b1b}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em}nav a{margin-right:1em}
 table{border-collapse:collapse;margin:.6em 0;font-variant-numeric:tabular-nums}
-th,td{border:1px solid #d4d4d4;padding:.25em .55em;vertical-align:top}
+th,td{border:1px solid #d4d4d4;padding:.25em .55em;vertical-align:top}td{overflow-wrap:anywhere}
+td:first-child{min-width:9em}
 thead th{background:#f1f3f5;position:sticky;top:0}th.sortable{cursor:pointer}
 th.sortable:after{content:" \\2195";color:#999}th[aria-sort=ascending]:after{content:" \\2191"}
 th[aria-sort=descending]:after{content:" \\2193"}td.num{text-align:right}
