@@ -178,3 +178,17 @@ def test_the_index_and_a_benchmark_page_are_not_blank(built, browser):
         background = max(histogram) / sum(histogram)
         assert background < 0.97, f"{path}: {background:.1%} of the screenshot is one shade"
         assert len([h for h in histogram if h]) > 20, f"{path}: too few shades for text, tables and figures"
+
+
+def test_typing_in_the_filter_box_hides_the_rows_without_the_text(built, browser):
+    site, _, _ = built
+    page, _ = _open(browser, site / "sweep" / "index.html")
+    table = page.locator("#table-cells")
+    total = table.locator("tbody tr").count()
+    page.locator('input[data-table="table-cells"]').fill("bit-depth")
+    shown = table.locator("tbody tr:not([hidden])").all_inner_texts()
+    page.locator('input[data-table="table-cells"]').fill("")
+    restored = table.locator("tbody tr:not([hidden])").count()
+    page.close()
+    assert 0 < len(shown) < total and all("bit-depth" in row for row in shown)
+    assert restored == total
