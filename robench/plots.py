@@ -161,6 +161,7 @@ def _pyplot():
     from matplotlib import pyplot
 
     pyplot.rcParams["svg.hashsalt"] = "robench"  # SVG ids stay the same from one run to the next
+    pyplot.rcParams["svg.fonttype"] = "none"  # SVG text stays text: smaller files, selectable labels
     return pyplot
 
 
