@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 benchmarks=("$@")
-[ ${#benchmarks[@]} -gt 0 ] || benchmarks=(smoke preprocessing-cifar10 attacks-cifar10)
+[ ${#benchmarks[@]} -gt 0 ] || benchmarks=(smoke preprocessing-cifar10 attacks-cifar10 eps-sweep-cifar10)
 for benchmark in "${benchmarks[@]}"; do
   robench run "$benchmark" --store results/robench.sqlite --results results --no-progress
 done

@@ -1,4 +1,4 @@
-"""The ``robench`` command line: ls, run, leaderboard, report, show, train.
+"""The ``robench`` command line: ls, run, leaderboard, site, report, show, train.
 
 Only click, the registry and the store are imported up front: ``robench --help`` and
 ``robench ls`` never import torch. Each command imports what it computes with, and ``train``
@@ -126,7 +126,8 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
     """Run a registered BENCHMARK (or grid file), or an ad-hoc grid given by options."""
     from robench.env import pick_device
     from robench.grid import Benchmark, adhoc_name, expand, load_benchmark
-    from robench.report import leaderboard, render_markdown, write_leaderboard
+    from robench.render.term import render_term
+    from robench.report import leaderboard, leaderboard_document, pivot_only, write_leaderboard
     from robench.runner import run_grid
 
     store_path = store_path or store_in(results_dir)
@@ -157,7 +158,8 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
         click.echo(f"\ninterrupted; every finished batch is kept in {store_path}: rerun the same command to resume",
                    err=True)
         sys.exit(INTERRUPTED)
-    click.echo(render_markdown(frame, title=title, commands=[]))
+    click.echo(render_term(pivot_only(leaderboard_document(frame, title=title, commands=[]))))
+    _plots_note()
     click.echo(f"{len(result.computed)} cells computed, {len(result.cached)} found in the store, "
                f"{len(result.failed)} failed, {len(result.missing)} missing. Leaderboard: {csv_path}, {md_path}")
     for message, keys in _grouped(result.failed).items():
@@ -191,18 +193,68 @@ def existing_store(store_path: "str | None", results_dir: "str | Path") -> Path:
 @click.argument("benchmarks", nargs=-1)
 @click.option("--store", "store_path", type=click.Path(dir_okay=False), help=STORE_HELP)
 @click.option("--results", "results_dir", type=click.Path(file_okay=False), default=str(DEFAULT_RESULTS), show_default=True)
-def leaderboard_command(benchmarks, store_path, results_dir):
-    """Regenerate leaderboards (all benchmarks in the store, or the named ones) from the store alone."""
-    from robench.report import write_leaderboard
+@click.option("--format", "fmt", type=click.Choice(["term", "md", "csv", "html"]), default="term", show_default=True,
+              help="What to print: terminal text, Markdown or CSV; html writes the site under RESULTS/site/.")
+@click.option("--view", type=click.Choice(["pivot", "full"]), default="pivot", show_default=True,
+              help="Terminal view: defenses x attacks (pivot) or also every cell (full).")
+@click.option("--width", type=click.IntRange(60, None), default=100, show_default=True, help="Terminal width.")
+def leaderboard_command(benchmarks, store_path, results_dir, fmt, view, width):
+    """Regenerate leaderboards (all benchmarks in the store, or the named ones) from the store alone, and print them.
+
+    Writes RESULTS/<benchmark>/leaderboard.csv, .md and figures (PNG and SVG) for each benchmark.
+    """
+    from robench.render import render
+    from robench.report import leaderboard, leaderboard_document, pivot_only, write_leaderboard
 
     with Store(existing_store(store_path, results_dir)) as store:
-        names = list(benchmarks) or store.benchmarks()
-        unknown = set(names) - set(store.benchmarks())
-        if unknown:
-            raise click.UsageError(f"no cells stored for {', '.join(sorted(unknown))}; stored: {', '.join(store.benchmarks())}")
+        names = _stored(store, benchmarks)
         for name in names:
-            csv_path, md_path = write_leaderboard(store, name, results_dir)
-            click.echo(f"{name}: {csv_path}, {md_path}")
+            written = write_leaderboard(store, name, results_dir)
+            if fmt == "html":
+                continue
+            document = leaderboard_document(leaderboard(store, name), title=f"robench leaderboard: {name}",
+                                            commands=store.commands(name))
+            if fmt == "term":
+                click.echo(render(document if view == "full" else pivot_only(document), "term", width=width))
+            else:
+                click.echo(render(document, fmt), nl=False)
+            click.echo(f"{name}: {', '.join(str(p) for p in written)}", err=True)
+        if fmt == "html":
+            from robench.site import SITE, write_site
+
+            click.echo(str(write_site(store, Path(results_dir) / SITE, names)))
+    _plots_note()
+
+
+@main.command("site")
+@click.argument("benchmarks", nargs=-1)
+@click.option("--store", "store_path", type=click.Path(dir_okay=False), help=STORE_HELP)
+@click.option("--results", "results_dir", type=click.Path(file_okay=False), default=str(DEFAULT_RESULTS), show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), help="Site folder (default: RESULTS/site).")
+def site_command(benchmarks, store_path, results_dir, out):
+    """Write the static results site (index, benchmarks, paper tables, cells) from the store alone."""
+    from robench.site import SITE, write_site
+
+    with Store(existing_store(store_path, results_dir)) as store:
+        names = _stored(store, benchmarks)
+        click.echo(str(write_site(store, Path(out) if out else Path(results_dir) / SITE, names)))
+    _plots_note()
+
+
+def _stored(store: Store, benchmarks: tuple[str, ...]) -> list[str]:
+    """The named benchmarks (default: every stored one), each checked to have cells in the store."""
+    names = list(benchmarks) or store.benchmarks()
+    unknown = set(names) - set(store.benchmarks())
+    if unknown:
+        raise click.UsageError(f"no cells stored for {', '.join(sorted(unknown))}; stored: {', '.join(store.benchmarks())}")
+    return names
+
+
+def _plots_note() -> None:
+    from robench.plots import plots_note
+
+    if plots_note():
+        click.echo(plots_note(), err=True)
 
 
 @main.command("report")

@@ -16,10 +16,9 @@ from importlib import resources
 from pathlib import Path
 
 import pandas as pd
-from tabulate import tabulate
-
-from robench.flags import FLAG_DOCS
-from robench.report import REPRODUCIBILITY, machine_label, wilson_interval
+from robench.document import REPRODUCIBILITY, Document, Item, Table, flag_notes, joined, marks_of, provenance
+from robench.render.markdown import render_markdown
+from robench.report import machine_label, wilson_interval
 from robench.spec import parse_spec
 from robench.store import CellRecord, Store
 
@@ -72,6 +71,13 @@ def paper_folder(paper: str) -> Path:
         raise PaperReportError(f"no paper tables for {paper!r}; robench ships them for: {', '.join(known) or 'none'} "
                                "(or pass --paper-dir DIR)")
     return Path(str(folder))
+
+
+def shipped_papers() -> dict[str, Path]:
+    """Every paper whose tables robench ships, name -> folder of its CSVs."""
+    root = resources.files("robench.benchmarks")
+    return {p.name: Path(str(p.joinpath("paper"))) for p in sorted(root.iterdir(), key=lambda p: p.name)
+            if p.joinpath("paper").is_dir()}
 
 
 def read_paper_tables(folder: "str | Path", row_columns: dict[str, set[str]] | None = None) -> dict[str, PaperTable]:
@@ -154,56 +160,55 @@ def layout(table: PaperTable, entries: list[Entry]) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
-def render_paper_markdown(table: PaperTable, frame: pd.DataFrame, entries: list[Entry], commands: list[str]) -> str:
-    """The table in the paper's layout: each value column as robench's number (n) beside the paper's."""
+def paper_document(table: PaperTable, frame: pd.DataFrame, entries: list[Entry], commands: list[str],
+                   cell_href=None) -> Document:
+    """The table in the paper's layout as a :class:`Document`: each value column as robench's number beside the paper's."""
+    flags = flag_notes(frame["robench_flags"])
     wide = []
     for _, group in frame.groupby("paper_row", sort=True):
-        row = {k: group.iloc[0][k] for k in table.keys}
+        row = {k: Item(str(group.iloc[0][k])) for k in table.keys}
         for r in group.to_dict("records"):
-            row[r["paper_column"]] = _cell_text(r)
-            row[f"{r['paper_column']} (paper)"] = r["paper"]
+            row[r["paper_column"]] = _cell_item(r, flags, cell_href)
+            row[f"{r['paper_column']} (paper)"] = Item(r["paper"], sort=_number(r["paper"]))
         wide.append(row)
+    columns = tuple(wide[0]) if wide else table.keys
+    numeric = frozenset(columns[len(table.keys):])
+    shown = Table(table.name, "", columns, tuple(tuple(r[c] for c in columns) for r in wide), numeric=numeric)
     done = [e.record for e in entries if e.record is not None and e.record.status == "done"]
     env = [r.provenance.get("environment", {}) for r in done]
-    lines = [f"# {table.source or table.name}", ""]
-    lines += [
-        f"Each value column is {UNITS[table.unit]}; the column beside it, marked (paper), is the number the paper "
-        "prints. For stochastic defenses an example counts as robust only if it survives every scoring draw "
-        "(the per-draw mean is in the CSV).",
-        "",
-        REPRODUCIBILITY,
-        "",
-        f"- n: {_joined(r.summary.get('n') for r in done)}; seed: {_joined(r.spec['seed'] for r in done)}; "
-        f"scoring draws: {_joined(r.spec['draws'] for r in done)}; EOT draws: {_joined(r.spec['eot'] for r in done)}",
-        f"- device: {_joined(machine_label(e) for e in env)}",
-        f"- versions: {_joined(_versions(e) for e in env)}",
-        f"- benchmarks: {_joined(e.benchmark for e in entries)}",
-    ]
-    if commands:
-        lines += ["- produced by:", "", *[f"      {c}" for c in commands], ""]
+    header = (
+        ("n", joined(r.summary.get("n") for r in done)), ("seed", joined(r.spec["seed"] for r in done)),
+        ("scoring draws", joined(r.spec["draws"] for r in done)), ("EOT draws", joined(r.spec["eot"] for r in done)),
+        *provenance((machine_label(e) for e in env), (_versions(e) for e in env)),
+        ("benchmarks", joined(e.benchmark for e in entries)),
+    )
     cards = _model_cards([e.record for e in entries if e.record is not None])
     if cards:
-        lines += ["- checkpoints and their model cards:", "", *[f"  - {c}" for c in cards]]
-    lines += ["", tabulate(pd.DataFrame(wide), headers="keys", tablefmt="github", showindex=False,
-                           disable_numparse=True)]
-    notes: dict[tuple[str, str], dict[str, list[str]]] = {}
+        header += (("checkpoints and their model cards", "; ".join(cards)),)
+    notes = (f"Each value column is {UNITS[table.unit]}; the column beside it, marked (paper), is the number the paper "
+             "prints. For stochastic defenses an example counts as robust only if it survives every scoring draw "
+             "(the per-draw mean is in the CSV).", REPRODUCIBILITY)
+    gaps: dict[tuple[str, str], dict[str, list[str]]] = {}
     for r in frame[frame["robench_status"].isin(["missing", "error", "not run"])].to_dict("records"):
         row = " / ".join(str(r[k]) for k in table.keys)
-        notes.setdefault((r["robench_status"], r["robench_reason"]), {}).setdefault(row, []).append(r["paper_column"])
-    if notes:
-        lines += ["", "Cells without a number:", ""]
-        lines += [f"- {status}: {reason}. Rows: " + "; ".join(f"{row} ({', '.join(cols)})" for row, cols in rows.items())
-                  for (status, reason), rows in notes.items()]
-    flags = sorted({f for cell in frame["robench_flags"] for f in str(cell).split(";") if f in FLAG_DOCS})
-    if flags:
-        lines += ["", "Flags:", ""] + [f"- `{f}`: {FLAG_DOCS[f]}" for f in flags]
-    return "\n".join(lines) + "\n"
+        gaps.setdefault((r["robench_status"], r["robench_reason"]), {}).setdefault(row, []).append(r["paper_column"])
+    missing = ()
+    if gaps:
+        missing = ("Cells without a number:", *(
+            f"- {status}: {reason}. Rows: " + "; ".join(f"{row} ({', '.join(cols)})" for row, cols in rows.items())
+            for (status, reason), rows in gaps.items()))
+    return Document(table.source or table.name, header, tuple(commands), notes, (shown,), flags, missing, (), frame)
 
 
-def write_paper_report(
-    store: Store, paper_dir: "str | Path", out_dir: "str | Path", benchmarks: list[str] | None = None
-) -> list[Path]:
-    """Write ``<out_dir>/<table>.md`` and ``.csv`` for every paper CSV in ``paper_dir``; returns the paths."""
+def render_paper_markdown(table: PaperTable, frame: pd.DataFrame, entries: list[Entry], commands: list[str]) -> str:
+    """The table in the paper's layout as Markdown (:func:`paper_document`)."""
+    return render_markdown(paper_document(table, frame, entries, commands))
+
+
+def paper_documents(
+    store: Store, paper_dir: "str | Path", benchmarks: list[str] | None = None, cell_href=None
+) -> dict[str, tuple[Document, list[Entry]]]:
+    """Every paper CSV in ``paper_dir`` as a :class:`Document` in the paper's layout, with the cells filling it."""
     names = {p.stem for p in Path(paper_dir).glob("*.csv")}
     if not names:
         raise PaperReportError(f"no paper tables (*.csv) in {paper_dir}")
@@ -211,16 +216,27 @@ def write_paper_report(
     row_columns: dict[str, set[str]] = {}
     for entry in entries:
         row_columns.setdefault(entry.labels["table"], set()).update(entry.labels.get("row", {}))
+    documents = {}
+    for name, table in read_paper_tables(paper_dir, row_columns).items():
+        mine = [e for e in entries if e.labels["table"] == name]
+        commands = list(dict.fromkeys(c for b in dict.fromkeys(e.benchmark for e in mine) for c in store.commands(b)))
+        documents[name] = (paper_document(table, layout(table, mine), mine, commands, cell_href), mine)
+    return documents
+
+
+def write_paper_report(
+    store: Store, paper_dir: "str | Path", out_dir: "str | Path", benchmarks: list[str] | None = None
+) -> list[Path]:
+    """Write ``<out_dir>/<table>.md`` and ``.csv`` for every paper CSV in ``paper_dir``; returns the paths."""
+    from robench.render.csv import render_csv
+
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, table in read_paper_tables(paper_dir, row_columns).items():
-        mine = [e for e in entries if e.labels["table"] == name]
-        frame = layout(table, mine)
-        commands = list(dict.fromkeys(c for b in dict.fromkeys(e.benchmark for e in mine) for c in store.commands(b)))
+    for name, (document, _) in paper_documents(store, paper_dir, benchmarks).items():
         csv_path, md_path = folder / f"{name}.csv", folder / f"{name}.md"
-        frame.to_csv(csv_path, index=False, float_format="%.6g")
-        md_path.write_text(render_paper_markdown(table, frame, mine, commands))
+        csv_path.write_text(render_csv(document))
+        md_path.write_text(render_markdown(document))
         written += [csv_path, md_path]
     return written
 
@@ -264,11 +280,17 @@ def _robench_numbers(entry: Entry | None, unit: str = "accuracy") -> dict:
             "robench_ci_low": 100 * low, "robench_ci_high": 100 * high, "robench_draw_mean": draw_mean}
 
 
-def _cell_text(row: dict) -> str:
+def _cell_item(row: dict, flags, cell_href=None) -> Item:
+    href = cell_href(row["robench_key"]) if cell_href and row["robench_key"] else ""
     if row["robench_status"] == "done":
-        flags = f"; {row['robench_flags']}" if row["robench_flags"] else ""
-        return f"{row['robench']:.1f} (n={int(row['robench_n'])}{flags})"
-    return row["robench_status"] or NO_CELL
+        title = f"95% CI [{row['robench_ci_low']:.1f}, {row['robench_ci_high']:.1f}]; benchmark {row['robench_benchmark']}"
+        return Item(f"{row['robench']:.1f} (n={int(row['robench_n'])})", title=title, sort=row["robench"],
+                    marks=marks_of(row["robench_flags"], flags), href=href)
+    return Item(row["robench_status"] or NO_CELL, title=row["robench_reason"], sort=-1.0, href=href)
+
+
+def _number(text: str) -> float:
+    return float(text) if _is_number(text) else -1.0
 
 
 def _model_cards(records: list[CellRecord]) -> list[str]:
@@ -334,11 +356,6 @@ def _shas(value) -> list[str]:
 
 def _versions(env: dict) -> str:
     return ", ".join(f"{k} {env[k]}" for k in ("robench", "torch", "torchattacks") if k in env)
-
-
-def _joined(values) -> str:
-    found = sorted({str(v) for v in values if v not in (None, "")})
-    return ", ".join(found) or "-"
 
 
 def _who(entry: Entry) -> str:

@@ -1,4 +1,4 @@
-"""Leaderboards: pure functions of the store, written as CSV and Markdown.
+"""Leaderboards: pure functions of the store, as a document rendered to CSV, Markdown, HTML or the terminal.
 
 Rows are cells; a ``worst-case`` row per (defense, model, setting, threat) takes, per example,
 the AND of robust outcomes over every attack (an example is robust only if it survives all).
@@ -9,28 +9,24 @@ Numbers stay numbers until rendered; the interval is Wilson's 95% score interval
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
-from tabulate import tabulate
 
-from robench.flags import FLAG_DOCS, derived_flags
+from robench.document import REPRODUCIBILITY, Document, Item, Table, flag_notes, marks_of, provenance
+from robench.flags import derived_flags
+from robench.pivot import WORST_CASE, pivot_tables
 from robench.spec import Spec, format_fraction, parse_spec
 from robench.store import CellRecord, MissingRecord, Store
 
-WORST_CASE = "worst-case"
+CONSTANT = ["model", "dataset", "threat", "setting", "n", "draws", "seed"]  # moved to the header when constant
+SHOWN = ["defense", "model", "dataset", "threat", "setting", "attack", "n", "draws", "seed"]
 GROUP = ["dataset", "split", "n", "sample_seed", "model", "defense", "setting", "sources", "threat", "seed", "draws"]
 COLUMNS = [
     "defense", "model", "dataset", "threat", "setting", "attack", "clean_acc", "robust_acc", "n",
     "robust_ci_low", "robust_ci_high", "robust_draw_acc", "draws", "seed", "flags", "status", "device", "versions", "key", "reason",
 ]
-
-
-REPRODUCIBILITY = (
-    "The same command reproduces these numbers exactly on the same machine with the same versions. On "
-    "another CPU or GPU, or another torch / BLAS build, attack trajectories differ by floating-point "
-    "rounding: expect numbers within the 95% interval, not identical ones."
-)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -159,38 +155,61 @@ def _worst_case_rows(store: Store, records: list[CellRecord]) -> list[dict]:
     return rows
 
 
-def render_markdown(frame: pd.DataFrame, *, title: str, commands: list[str]) -> str:
-    """A Markdown leaderboard: percentages with intervals, the commands that produced it, flag docs."""
-    shown = pd.DataFrame({
-        "defense": frame["defense"],
-        "model": frame["model"],
-        "dataset": frame["dataset"],
-        "threat": frame["threat"],
-        "setting": frame["setting"],
-        "attack": frame["attack"],
-        "clean %": frame["clean_acc"].map(_percent),
-        "robust %": frame["robust_acc"].map(_percent),
-        "95% CI": [_interval(lo, hi) for lo, hi in zip(frame["robust_ci_low"], frame["robust_ci_high"])],
-        "n": frame["n"],
-        "draws": frame["draws"],
-        "seed": frame["seed"],
-        "flags": frame["flags"],
-    })
-    lines = [f"# {title}", ""]
-    if commands:
-        lines += ["Produced by:", "", *[f"    {c}" for c in commands], ""]
-    devices = sorted({d for d in frame["device"] if d})
-    versions = sorted({v for v in frame["versions"] if v})
-    lines += [f"Device: {', '.join(devices) or '-'}; versions: {'; '.join(versions) or '-'}.", "", REPRODUCIBILITY, ""]
-    lines.append(tabulate(shown, headers="keys", tablefmt="github", showindex=False))
-    present = sorted({f for cell in frame["flags"] for f in str(cell).split(";") if f in FLAG_DOCS})
-    if present:
-        lines += ["", "Flags:", ""] + [f"- `{f}`: {FLAG_DOCS[f]}" for f in present]
+def leaderboard_document(frame: pd.DataFrame, *, title: str, commands: list[str],
+                         figures: tuple[tuple[str, str], ...] = (), cell_href=None) -> Document:
+    """The leaderboard as a :class:`Document`: constant columns in the header, the pivot, then every cell."""
+    constant = {c: _only(frame[c]) for c in CONSTANT if c in frame}
+    constant = {c: v for c, v in constant.items() if v is not None}
+    header = tuple((c, v) for c, v in constant.items()) + provenance(frame["device"], frame["versions"])
+    flags = flag_notes(frame["flags"])
     missing = frame[frame["status"] == "missing"]
+    lines = []
     if len(missing):
-        lines += ["", f"Missing cells ({len(missing)}; not computed, no numbers), by reason:", ""]
-        lines += _missing_by_reason(missing)
-    return "\n".join(lines) + "\n"
+        lines = [f"Missing cells ({len(missing)}; not computed, no numbers), by reason:", *_missing_by_reason(missing)]
+    tables = (*pivot_tables(frame, flags, cell_href), _full_table(frame, [c for c in SHOWN if c not in constant], flags,
+                                                                 cell_href))
+    return Document(title, header, tuple(commands), (REPRODUCIBILITY,), tables, flags, tuple(lines), figures, frame)
+
+
+def pivot_only(document: Document) -> Document:
+    """The document with its pivot tables only (the terminal's default view): no per-cell table, no notes."""
+    return replace(document, tables=tuple(t for t in document.tables if t.name.startswith("pivot")), notes=())
+
+
+def render_markdown(frame: pd.DataFrame, *, title: str, commands: list[str]) -> str:
+    """A Markdown leaderboard: constants and provenance in the header, the pivot, every cell, flag docs."""
+    from robench.render.markdown import render_markdown as markdown
+
+    return markdown(leaderboard_document(frame, title=title, commands=commands))
+
+
+def _only(column: pd.Series) -> str | None:
+    """The single value of a column (as printed), or None when it varies."""
+    values = {_text(v) for v in column}
+    return values.pop() if len(values) == 1 else None
+
+
+def _full_table(frame: pd.DataFrame, shown: list[str], flags, cell_href) -> Table:
+    """Every row of the leaderboard (cells, worst cases, missing cells) with the columns that vary."""
+    with_flags = frame["flags"].astype(str).str.len().gt(0).any()
+    names = [*shown[:shown.index("attack") + 1], "clean %", "robust %", "95% CI", *shown[shown.index("attack") + 1:]]
+    names += ["flags"] if with_flags else []
+    rows = []
+    for row in frame.to_dict("records"):
+        ci = _interval(row["robust_ci_low"], row["robust_ci_high"])
+        values = {c: Item(_text(row[c])) for c in shown}
+        if _text(row["key"]) and cell_href:
+            values["attack"] = Item(row["attack"], href=cell_href(row["key"]))
+        values.update({
+            "clean %": Item(_percent(row["clean_acc"]), sort=_sortable(row["clean_acc"])),
+            "robust %": Item(_percent(row["robust_acc"]), title=f"95% CI {ci}" if ci else _text(row["reason"]),
+                             sort=_sortable(row["robust_acc"]), marks=marks_of(row["flags"], flags)),
+            "95% CI": Item(ci, sort=_sortable(row["robust_ci_low"])),
+            "flags": Item(_text(row["flags"])),
+        })
+        rows.append(tuple(values[c] for c in names))
+    numeric = frozenset({"clean %", "robust %", "n", "draws", "seed"})
+    return Table("cells", "Every cell", tuple(names), tuple(rows), numeric=numeric)
 
 
 def _missing_by_reason(missing: pd.DataFrame, shown: int = 3) -> list[str]:
@@ -203,18 +222,32 @@ def _missing_by_reason(missing: pd.DataFrame, shown: int = 3) -> list[str]:
     return lines
 
 
+def _text(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _sortable(value) -> float:
+    return -1.0 if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
 def write_leaderboard(store: Store, benchmark: str, out_dir: "str | Path") -> tuple[Path, Path]:
-    """Write ``<out_dir>/<benchmark>/leaderboard.csv`` and ``.md`` from the store alone (and ``eps-sweep.png`` for a sweep)."""
+    """Write ``<out_dir>/<benchmark>/leaderboard.csv`` and ``.md`` from the store alone, and its figures (PNG, SVG)."""
+    from robench.plots import write_plots  # matplotlib only when a leaderboard is written
+    from robench.render.csv import render_csv
+    from robench.render.markdown import render_markdown as markdown
+
     frame = leaderboard(store, benchmark)
     folder = Path(out_dir) / benchmark
     folder.mkdir(parents=True, exist_ok=True)
+    document = leaderboard_document(frame, title=f"robench leaderboard: {benchmark}", commands=store.commands(benchmark))
     csv_path, md_path = folder / "leaderboard.csv", folder / "leaderboard.md"
-    frame.to_csv(csv_path, index=False, float_format="%.6g")
-    commands = store.commands(benchmark)
-    md_path.write_text(render_markdown(frame, title=f"robench leaderboard: {benchmark}", commands=commands))
-    from robench.plots import SWEEP_FILE, write_eps_sweep  # matplotlib only when a leaderboard is written
-
-    write_eps_sweep(frame, folder / SWEEP_FILE)
+    csv_path.write_text(render_csv(document))
+    md_path.write_text(markdown(document))
+    write_plots(frame, folder)
     return csv_path, md_path
 
 

@@ -44,6 +44,11 @@ def render_examples(rows: list[dict]) -> str:
 
 
 def _spec_lines(spec: dict) -> list[str]:
+    return [f"  {name:<19}{value}" for name, value in spec_fields(spec)]
+
+
+def spec_fields(spec: dict) -> list[tuple[str, str]]:
+    """What a cell ran, as (field, value) pairs: dataset and sample, model, defense, attack, setting, threat, seeds."""
     sample = "first" if spec["sample_seed"] is None else f"seeded sample {spec['sample_seed']} of"
     fields = [
         ("dataset", f"{spec['dataset']} ({spec['split']} split, {sample} n={spec['n']})"),
@@ -57,7 +62,7 @@ def _spec_lines(spec: dict) -> list[str]:
         ("threat", f"{spec['threat']['norm']} {format_fraction(spec['threat']['eps'])}"),
         ("seed", f"{spec['seed']}; scoring draws {spec['draws']}; EOT draws {spec['eot']}; batch {spec['batch_size']}"),
     ]
-    return [f"  {name:<19}{value}" for name, value in fields if value]
+    return [(name, value) for name, value in fields if value]
 
 
 def _accuracy(label: str, correct: int, n: int) -> str:
@@ -67,6 +72,11 @@ def _accuracy(label: str, correct: int, n: int) -> str:
 
 
 def _provenance_lines(provenance: dict, attack: str) -> list[str]:
+    return [f"  {name:<17}{value}" for name, value in provenance_fields(provenance, attack)]
+
+
+def provenance_fields(provenance: dict, attack: str) -> list[tuple[str, str]]:
+    """Where a cell's numbers come from, as (field, value) pairs: machine, versions, plugin versions, data, checkpoints."""
     env = provenance.get("environment", {})
     versions = ", ".join(f"{k} {env[k]}" for k in ("robench", "torch", "torchattacks", "python") if k in env)
     plugins = [f"{attack} v{provenance['attack_version']}"] if "attack_version" in provenance else []
@@ -75,8 +85,7 @@ def _provenance_lines(provenance: dict, attack: str) -> list[str]:
                    for owner, found in provenance.get("checkpoints", {}).items() for name, sha in _flat(found)]
     lines = [("machine", machine_label(env) if env else ""), ("versions", versions),
              ("plugin versions", ", ".join(plugins)), ("data sha256", str(provenance.get("data", ""))[:16])]
-    out = [f"  {name:<17}{value}" for name, value in lines if value]
-    return out + [f"  {'checkpoint':<17}{line}" for line in checkpoints]
+    return [(name, value) for name, value in lines if value] + [("checkpoint", line) for line in checkpoints]
 
 
 def _flat(found, prefix: str = "") -> list[tuple[str, str]]:

@@ -155,7 +155,7 @@ def test_paper_layout_puts_robench_and_paper_numbers_in_the_right_rows_and_colum
     assert cells[("Synth", "Bits")]["PGD (paper)"] == "32.00"
     assert cells[("Synth", "None")]["Natural"] == f"{expect[('None', 'Natural')]:.1f} (n=48)"
     assert cells[("Synth", "Pending")]["FGSM"] == "missing" and cells[("Other", "None")]["PGD"] == "—"
-    assert "- n: 48;" in markdown and "robench run fake.yaml" in markdown and "Fake et al. Table 1" in markdown
+    assert "- n: 48\n" in markdown and "robench run fake.yaml" in markdown and "Fake et al. Table 1" in markdown
 
 
 def test_paper_report_refuses_labels_that_fit_no_row_and_two_cells_for_one_number(tmp_path):
