@@ -65,6 +65,9 @@ EXAMPLE_SPECS: dict[str, list[str]] = {
     # EDSR baseline at 32x32 costs seconds per batch of 64 on one core; with the JPEG step of the authors' script
     "sr": ["sr:n_feats=8,n_resblocks=2", "sr:n_feats=8,n_resblocks=1,jpeg_quality=95"],
     "hgd": ["hgd:input_size=32,width=8"],  # the DUNET is built for one image size: CIFAR-10's here
+    "jatp": ["jatp:width=8"],
+    "ape-gan": ["ape-gan:width=8"],
+    "ebm": ["ebm:width=4,steps=3"],
 }
 
 ATTACK_KINDS = ("white-box", "transfer", "black-box")
