@@ -7,6 +7,11 @@ AutoAttack's ``flags_doc.md``: a suspicious evaluation says so loudly, in every 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 FLAG_DOCS = {
     "undeclared-randomness": (
         "The defense returned different outputs for two identical calls while it declares "

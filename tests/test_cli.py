@@ -201,7 +201,7 @@ def test_asking_for_more_images_than_the_data_holds_says_how_many_it_holds(share
     result = invoke("run", "--dataset", "cifar10", "--model", "tiny", "--defense", "none", "--attack", "fgsm",
                     "--eps", "8/255", "-n", 100000, "--store", tmp_path / "s.sqlite", "--results", tmp_path / "r")
     assert result.exit_code == 2
-    assert f"asked for n=100000 images, but the offline head" in result.output and f"holds {held}" in result.output
+    assert "asked for n=100000 images, but the offline head" in result.output and f"holds {held}" in result.output
     assert f"use -n {held} or fewer" in result.output and "not found" not in result.output
 
 

@@ -101,3 +101,16 @@ def test_plugins_and_training_never_import_the_runner(prefix):
     offenders = {name: sorted(deps & {"robench.runner", "robench.cli"})
                  for name, deps in _graph().items() if name.startswith(prefix)}
     assert {name: deps for name, deps in offenders.items() if deps} == {}
+
+
+def test_every_package_folder_is_listed_for_installation():
+    """A package missing from setup.cfg works in an editable install and vanishes from a wheel."""
+    import configparser
+
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(ROOT / "setup.cfg")
+    listed = {line.strip() for line in cfg["options"]["packages"].splitlines() if line.strip()}
+    folders = {"robench.benchmarks": ROOT / "benchmarks", **PACKAGES}
+    found = {".".join([package, *init.parent.relative_to(folder).parts])
+             for package, folder in folders.items() for init in folder.rglob("__init__.py")}
+    assert found - listed == set(), "add these packages to setup.cfg's [options] packages"
