@@ -43,13 +43,21 @@ class AutoAttack(Attack):
             official code throughout.
         n_iter: APGD iterations (AutoAttack: 100), with the checkpoint schedule the official
             constructor derives from it; both engines honour it. Fewer only for quick checks.
+        early_stop: with ``engine=robench``, drop an example from APGD's batch at its first
+            successful iterate. False keeps every example for all iterations and returns the
+            official code's points (the last successful iterate). Behind a stochastic defense
+            (``variant=rand``) "successful" is judged on one draw, as the official code judges
+            it, but the first such iterate is less optimised than the official last one, and the
+            noise drawn depends on the batch: there outcomes agree in distribution only, and
+            False is the faithful choice when the defense's draws vary much.
     """
 
     norms = ("Linf", "L2")
     version = "2"
     components: tuple[str, ...] | None = None
 
-    def __init__(self, *, variant: str = "standard", engine: str = "robench", n_iter: int = 100):
+    def __init__(self, *, variant: str = "standard", engine: str = "robench", n_iter: int = 100,
+                 early_stop: bool = True):
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
         if engine not in ENGINES:
@@ -58,6 +66,7 @@ class AutoAttack(Attack):
         self.variant = variant
         self.engine = engine
         self.n_iter = n_iter
+        self.early_stop = bool(early_stop)
         self.averages_draws = variant == "rand"
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
@@ -111,17 +120,19 @@ class AutoAttack(Attack):
         if name == "apgd-t":
             params = official.apgd_targeted
             return apgd_targeted(model, x, y, threat, n_targets=params.n_target_classes, n_iter=params.n_iter,
-                                 restarts=params.n_restarts, rho=params.thr_decr, eot_iter=params.eot_iter, seed=seed)
+                                 restarts=params.n_restarts, rho=params.thr_decr, eot_iter=params.eot_iter, seed=seed,
+                                 early_stop=self.early_stop)
         params = official.apgd
         return apgd(model, x, y, threat, loss=name.removeprefix("apgd-"), n_iter=params.n_iter,
-                    restarts=params.n_restarts, rho=params.thr_decr, eot_iter=params.eot_iter, seed=seed)
+                    restarts=params.n_restarts, rho=params.thr_decr, eot_iter=params.eot_iter, seed=seed,
+                    early_stop=self.early_stop)
 
 
 class _Component(AutoAttack):
     """One attack of AutoAttack's standard version, with that version's parameters."""
 
-    def __init__(self, *, engine: str = "robench", n_iter: int = 100):
-        super().__init__(variant="standard", engine=engine, n_iter=n_iter)
+    def __init__(self, *, engine: str = "robench", n_iter: int = 100, early_stop: bool = True):
+        super().__init__(variant="standard", engine=engine, n_iter=n_iter, early_stop=early_stop)
 
 
 class APGDCE(_Component):

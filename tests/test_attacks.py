@@ -169,6 +169,19 @@ def test_apgd_early_stop_drops_broken_examples_and_keeps_every_outcome(targeted)
     assert images[1] < 0.9 * images[0], "broken examples stop costing forward passes"
 
 
+def test_autoattack_robench_engine_without_early_stop_returns_the_official_points():
+    model, x, y = _apgd_pair()
+    threat = ThreatModel("Linf", 4 / 255)
+    points = {}
+    for options in ("engine=official", "engine=robench,early_stop=false", "engine=robench"):
+        attack = registry.build("attacks", f"autoattack:n_iter=10,{options}")
+        attack.components = ("apgd-ce", "apgd-t")
+        points[options] = attack(model, x, y, threat, seed=2)
+    assert torch.equal(points["engine=robench,early_stop=false"], points["engine=official"])
+    broken = {k: model(v).argmax(1) != y for k, v in points.items()}
+    assert torch.equal(broken["engine=robench"], broken["engine=official"]) and broken["engine=official"].any()
+
+
 def test_autoattack_n_iter_sets_the_official_checkpoint_schedule():
     attack = registry.build("attacks", "autoattack:engine=official,n_iter=100")
     model = registry.build("models", "tiny:size=8,num_classes=4").eval()
