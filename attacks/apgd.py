@@ -281,7 +281,8 @@ class _Runner:
         """
         steps = torch.arange(i - length + 1, i + 1, device=state.losses.device)
         rises = (state.losses[steps] > state.losses[steps - 1]).float().sum(0)
-        halve = (rises <= length * self.rho) | (~state.halved_at_check & (state.best_at_check >= state.loss_best))
+        threshold = torch.full_like(rises, length * self.rho)  # rounded to float32, as in the official code
+        halve = (rises <= threshold) | (~state.halved_at_check & (state.best_at_check >= state.loss_best))
         state.halved_at_check, state.best_at_check = halve, state.loss_best.clone()
         state.step[halve] /= 2.0
         state.x_adv[halve] = state.x_best[halve]
