@@ -190,7 +190,7 @@ class _Runner:
             halved_at_check=torch.ones(len(x), dtype=torch.bool, device=x.device),
             x_last_broken=start.clone(), broken=logits.argmax(1) != y,
         )
-        state = self._leave_if_broken(state, robust, x_adv)
+        self._leave_if_broken(state, robust, x_adv)
         length, since_check = self.checkpoints.first, 0
         for i in range(n_iter):
             if len(state.index) == 0:
@@ -201,7 +201,7 @@ class _Runner:
             misclassified = logits.argmax(1) != state.y
             state.broken |= misclassified
             state.x_last_broken[misclassified] = state.x_adv[misclassified]
-            state = self._leave_if_broken(state, robust, x_adv, keep=~misclassified)
+            self._leave_if_broken(state, robust, x_adv, keep=~misclassified)
             loss = loss[~misclassified] if self.early_stop else loss
             improved = loss > state.loss_best
             state.x_best[improved] = state.x_adv[improved]
@@ -217,16 +217,15 @@ class _Runner:
             robust[state.index[broken]] = False
             x_adv[state.index[broken]] = state.x_last_broken[broken]
 
-    def _leave_if_broken(self, state: _Active, robust, x_adv, keep: torch.Tensor | None = None) -> _Active:
+    def _leave_if_broken(self, state: _Active, robust, x_adv, keep: torch.Tensor | None = None) -> None:
         """With early stop, record the examples broken at their current iterate and drop them from ``state``."""
         if not self.early_stop:
-            return state
+            return
         keep = ~state.broken if keep is None else keep
         gone = state.index[~keep]
         robust[gone] = False
         x_adv[gone] = state.x_adv[~keep]
         state.keep(keep)
-        return state
 
     def _start(self, x: torch.Tensor) -> torch.Tensor:
         """A point on the sphere of radius eps around x (Linf: scaled uniform noise; L2: scaled Gaussian), clamped to [0, 1]."""

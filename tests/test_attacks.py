@@ -182,6 +182,18 @@ def test_autoattack_robench_engine_without_early_stop_returns_the_official_point
     assert torch.equal(broken["engine=robench"], broken["engine=official"]) and broken["engine=official"].any()
 
 
+def test_autoattack_rand_averages_20_draws_per_step_and_keeps_every_example_by_default():
+    model, x, y = _apgd_pair()
+    counting = _Counting(Pipeline(model, Jitter()))
+    attack = registry.build("attacks", "autoattack:variant=rand,n_iter=5")
+    attack.components = ("apgd-ce",)
+    assert not attack.early_stop and registry.build("attacks", "autoattack").early_stop
+    x_adv = attack(counting, x, y, LINF4, seed=0)
+    assert (LINF4.violation(x_adv, x) <= 1e-6).all()
+    # without early stop, each attacked image costs 20 draws at the start and at each of 5 steps
+    assert counting.images >= 20 * (5 + 1) * len(x) // 2
+
+
 def test_autoattack_n_iter_sets_the_official_checkpoint_schedule():
     attack = registry.build("attacks", "autoattack:engine=official,n_iter=100")
     model = registry.build("models", "tiny:size=8,num_classes=4").eval()

@@ -16,8 +16,9 @@ only the attack calls (robust accuracy is computed afterwards, untimed, in float
       components run (target >= 1.2);
   (c) ``version="rand"`` (APGD-CE and APGD-DLR with EOT over 20 draws) against
       ``autoattack:variant=rand``, on ``--rand-model`` (default ``resnet20-akamaster``) behind the
-      stochastic ``gaussian-noise`` defense (``--rand-n`` images, default 16): a stochastic
-      pipeline draws other noise for a smaller batch, so equal accuracy is not required there.
+      stochastic ``gaussian-noise`` defense (``--rand-n`` images, default 16), with robench's
+      default for rand (every example kept for all iterations) and with ``early_stop=true``; a
+      stochastic pipeline's draws differ between runs, so equal accuracy is not required there.
 
 Each path gets one untimed warm-up (unless ``--no-warmup``); then ``--repeats`` measurements
 alternate the order forwards and backwards. Prints a table of median wall times, the throughput
@@ -186,6 +187,9 @@ def measure(args, device: torch.device) -> tuple[list[Row], dict]:
             paths[direct] = (lambda m=model, a=x, b=y: direct_autoattack(m, a, b, seed, device, version), False)
             paths["robench autoattack"] = (
                 lambda m=model, a=x, b=y: robench_attack(spec, m, a, b, seed, device), deterministic)
+            if not deterministic:  # rand keeps every example by default; early stop is its speed option
+                paths["robench autoattack early_stop=true"] = (
+                    lambda m=model, a=x, b=y: robench_attack(f"{spec},early_stop=true", m, a, b, seed, device), False)
         print(f"timing {section}: {', '.join(paths)} on {name}, N={n} ...", flush=True)
         results = alternate({label: fn for label, (fn, _) in paths.items()}, args.repeats, warmup=not args.no_warmup)
         for label, (_, must_equal) in paths.items():
