@@ -1,5 +1,8 @@
 """AutoAttack (Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of
-diverse parameter-free attacks", ICML 2020) through the official code (the ``pyautoattack`` package)."""
+diverse parameter-free attacks", ICML 2020): robench's early-stopping APGD components, or the
+official code (the ``pyautoattack`` package) throughout."""
+
+from __future__ import annotations
 
 import logging
 
@@ -8,15 +11,19 @@ import torch
 from torch import nn
 
 from robench.attack import Attack
+from robench.attacks.apgd import Checkpoints, apgd, apgd_targeted
+from robench.hyper import check_positive_int
 from robench.threat import ThreatModel
 
 VARIANTS = ("standard", "plus", "rand")  # AutoAttack's own `version` argument
+ENGINES = ("robench", "official")
+APGD_COMPONENTS = ("apgd-ce", "apgd-dlr", "apgd-t")
 # AutoAttack logs its own sanity warnings (randomised defense, gradient masking) here.
 logging.getLogger("auto-attack").setLevel(logging.WARNING)
 
 
 class AutoAttack(Attack):
-    """The official AutoAttack with its published parameters, recorded in every result.
+    """AutoAttack with its published parameters, recorded in every result.
 
     ``variant`` is AutoAttack's ``version`` argument (renamed: ``version`` is a plugin's own
     version in robench). ``standard``: APGD-CE (100 iterations) -> APGD-T (9 targets) -> FAB-T (9 targets) -> Square
@@ -26,19 +33,52 @@ class AutoAttack(Attack):
     the stronger six-attack version. Not torchattacks' AutoAttack, whose APGD runs 10 iterations
     from torchattacks 3.3.0 on (specs D3). With fewer than 10 classes the targeted attacks use
     every other class (the official code would fail).
+
+    Args:
+        engine: ``robench`` runs the APGD components with :mod:`robench.attacks.apgd`, the
+            official algorithm where an example leaves the batch at its first successful iterate
+            (same seed, same per-example outcomes as the official code on a deterministic model;
+            the returned point is the first successful iterate instead of the last), and FAB and
+            Square through the official code on the examples still robust. ``official`` runs the
+            official code throughout.
+        n_iter: APGD iterations (AutoAttack: 100), with the checkpoint schedule the official
+            constructor derives from it; both engines honour it. Fewer only for quick checks.
+        early_stop: with ``engine=robench``, drop an example from APGD's batch at its first
+            successful iterate. False keeps every example for all iterations and returns the
+            official code's points (the last successful iterate). Default: True, except for
+            ``variant=rand``: behind a stochastic defense "successful" means that one draw was
+            fooled (as the official code judges it), the first such iterate is less optimised
+            than the official last one, and a fresh draw may not be fooled by it, so early stop
+            can report a higher robust accuracy than the official code there; pass True to trade
+            that for speed (``benchmarks/perf/attacks.py`` measures both).
     """
 
     norms = ("Linf", "L2")
+    version = "2"
     components: tuple[str, ...] | None = None
 
-    def __init__(self, *, variant: str = "standard"):
+    def __init__(self, *, variant: str = "standard", engine: str = "robench", n_iter: int = 100,
+                 early_stop: bool | None = None):
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        check_positive_int("n_iter", n_iter)
         self.variant = variant
+        self.engine = engine
+        self.n_iter = n_iter
+        self.early_stop = variant != "rand" if early_stop is None else bool(early_stop)
         self.averages_draws = variant == "rand"
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        attack = self._official(model, x, threat, seed)
+        if self.engine == "official":
+            return attack.run_standard_evaluation(x, y, batch_size=len(x))[0]
+        return self._run_robench(attack, model, x, y, threat, seed)
+
+    def _official(self, model: nn.Module, x: torch.Tensor, threat: ThreatModel, seed: int) -> pyautoattack.AutoAttack:
+        """The official AutoAttack object of this variant: the parameters of both engines."""
         attack = pyautoattack.AutoAttack(
             model, norm=threat.norm, eps=threat.eps, version=self.variant, seed=seed, device=x.device
         )
@@ -48,15 +88,52 @@ class AutoAttack(Attack):
             classes = model(x[:1]).shape[1]
         if classes <= attack.apgd_targeted.n_target_classes:  # the official code fails below 10 classes
             attack.apgd_targeted.n_target_classes = attack.fab.n_target_classes = classes - 1
-        x_adv, _ = attack.run_standard_evaluation(x, y, batch_size=len(x))
+        checkpoints = Checkpoints(self.n_iter)
+        for component in (attack.apgd, attack.apgd_targeted):  # what the official constructor sets from n_iter
+            component.n_iter = component.n_iter_orig = self.n_iter
+            component.n_iter_2, component.n_iter_min = checkpoints.first, checkpoints.shortest
+            component.size_decr = checkpoints.shrink
+        return attack
+
+    def _run_robench(self, official: pyautoattack.AutoAttack, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     threat: ThreatModel, seed: int) -> torch.Tensor:
+        """The official evaluation loop (``run_standard_evaluation``): each component on the examples still robust."""
+        with torch.no_grad():
+            robust = model(x).argmax(1) == y
+        x_adv = x.clone()
+        for name in list(official.attacks_to_run):
+            index = robust.nonzero().squeeze(1)
+            if len(index) == 0:
+                break
+            if name in APGD_COMPONENTS:
+                found = self._apgd(name, official, model, x[index], y[index], threat, seed)
+            else:
+                official.attacks_to_run = [name]
+                found = official.run_standard_evaluation(x[index], y[index], batch_size=len(index))[0]
+            with torch.no_grad():  # judged by a fresh forward pass, as the official loop judges
+                broken = model(found).argmax(1) != y[index]
+            robust[index[broken]] = False
+            x_adv[index[broken]] = found[broken]
         return x_adv
+
+    def _apgd(self, name: str, official: pyautoattack.AutoAttack, model, x, y, threat, seed: int) -> torch.Tensor:
+        """robench's APGD component ``name`` with the official object's parameters."""
+        if name == "apgd-t":
+            params = official.apgd_targeted
+            return apgd_targeted(model, x, y, threat, n_targets=params.n_target_classes, n_iter=params.n_iter,
+                                 restarts=params.n_restarts, rho=params.thr_decr, eot_iter=params.eot_iter, seed=seed,
+                                 early_stop=self.early_stop)
+        params = official.apgd
+        return apgd(model, x, y, threat, loss=name.removeprefix("apgd-"), n_iter=params.n_iter,
+                    restarts=params.n_restarts, rho=params.thr_decr, eot_iter=params.eot_iter, seed=seed,
+                    early_stop=self.early_stop)
 
 
 class _Component(AutoAttack):
     """One attack of AutoAttack's standard version, with that version's parameters."""
 
-    def __init__(self):
-        super().__init__(variant="standard")
+    def __init__(self, *, engine: str = "robench", n_iter: int = 100, early_stop: bool = True):
+        super().__init__(variant="standard", engine=engine, n_iter=n_iter, early_stop=early_stop)
 
 
 class APGDCE(_Component):

@@ -40,13 +40,13 @@ def timed(device: torch.device) -> Iterator[dict]:
 TimedPath = Callable[[], "tuple[dict, Any]"]
 
 
-def alternate(paths: dict[str, TimedPath], repeats: int) -> dict[str, list[tuple[dict, Any]]]:
-    """Warm each path up once (untimed), then call all ``repeats`` times, reversing the order every other time.
+def alternate(paths: dict[str, TimedPath], repeats: int, *, warmup: bool = True) -> dict[str, list[tuple[dict, Any]]]:
+    """Warm each path up once (untimed, unless ``warmup`` is False), then call all ``repeats`` times, reversing the order every other time.
 
     Each path times itself (with :func:`timed`, around only what it means to measure) and
     returns ``(took, value)``; the answer maps each path to its ``repeats`` results.
     """
-    for path in paths.values():
+    for path in paths.values() if warmup else ():
         path()
     names = list(paths)
     results: dict[str, list[tuple[dict, Any]]] = {name: [] for name in names}
