@@ -1,0 +1,74 @@
+"""``robench verify``: find the damage in a store, and with ``repair`` mend what can be mended.
+
+Two kinds of damage: what SQLite's ``integrity_check`` finds (a broken index, a damaged page),
+and done cells whose example rows disagree with their summary (rows lost or altered). Repair
+rebuilds the indexes (``REINDEX``), marks the damaged cells for recomputation (only their
+incomplete batches where that can be told, all of their rows otherwise) and computes them again
+from their stored specs, each batch's surviving rows checked against the new ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from robench.store import Store
+
+
+@dataclass
+class Verification:
+    """What ``verify`` found and did: SQLite's problems, damaged cells, marked batches, recomputed cells."""
+
+    repair: bool
+    integrity: list[str] = field(default_factory=list)
+    integrity_after_repair: list[str] = field(default_factory=list)
+    damaged: dict[str, str] = field(default_factory=dict)
+    marked: dict[str, list[int]] = field(default_factory=dict)
+    recomputed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sound(self) -> bool:
+        """True when nothing is (still) wrong: no damage found, or all of it repaired."""
+        if self.integrity and (not self.repair or self.integrity_after_repair):
+            return False
+        return set(self.recomputed) == set(self.damaged) and not self.failed
+
+    def lines(self, path) -> list[str]:
+        """The report ``robench verify`` prints for the store at ``path``."""
+        lines = [f"integrity: {problem}" for problem in self.integrity]
+        if self.integrity and self.repair:
+            after = self.integrity_after_repair
+            lines.append("indexes rebuilt: " + (f"still damaged ({'; '.join(after[:3])}); move the file away or "
+                                                "restore a backup" if after else "SQLite finds the file sound now"))
+        for key, problem in self.damaged.items():
+            lines.append(f"damaged cell {key[:12]}: {problem}")
+            if key in self.marked:
+                lines.append(f"  batches {self.marked[key]} marked for recomputation")
+        lines += [f"recomputed {key[:12]}" for key in self.recomputed]
+        lines += [f"could not recompute {key[:12]}: {message}" for key, message in self.failed.items()]
+        if self.sound:
+            return lines + [f"{path}: sound" + (" after repair" if self.damaged or self.integrity else "")]
+        if not self.repair:
+            lines.append(f"{path} is damaged; `robench verify --repair --store {path}` repairs what it can")
+        return lines
+
+
+def verify(store: Store, *, repair: bool = False, device=None, command: str = "") -> Verification:
+    """Check ``store`` (and with ``repair``, reindex, mark and recompute on ``device``)."""
+    found = Verification(repair, integrity=store.integrity_problems(full=True))
+    if found.integrity:
+        if not repair:
+            return found  # the rows cannot be read reliably to tell which cells are damaged
+        found.integrity_after_repair = store.reindex()
+        if found.integrity_after_repair:
+            return found
+    found.damaged = store.damage()
+    if not repair or not found.damaged:
+        return found
+    for key, problem in found.damaged.items():
+        found.marked[key] = store.mark_for_recompute(key, problem)
+    from robench.runner import recompute  # torch is imported only when there is something to compute
+
+    result = recompute(list(found.damaged), store, device=device, command=command)
+    found.recomputed, found.failed = result.computed, result.failed
+    return found
