@@ -17,6 +17,7 @@ rows disagree with its summary is refused on read (:class:`StoreDamaged`) until
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -384,9 +385,10 @@ class Store:
                              (key, batch, wall_s))
 
     def finish_cell(self, key: str, summary: dict, flags: list[str]) -> None:
-        """Mark a cell done with its summary and sanity flags (a cell already done keeps its state)."""
+        """Mark a cell done with its summary (plus ``rows_sha256`` of its rows) and flags; a done cell keeps its state."""
         with self._write():
             (wall,) = self._db.execute("SELECT COALESCE(SUM(wall_s), 0) FROM batches WHERE key = ?", (key,)).fetchone()
+            summary = {**summary, DIGEST: self._digest(key)}
             self._db.execute(
                 "UPDATE cells SET status='done', summary=?, flags=?, finished=?, wall_s=?, error=NULL "
                 "WHERE key=? AND status != 'done'",
@@ -407,8 +409,12 @@ class Store:
             self._tag(key, benchmark)
 
     # damage -------------------------------------------------------------------------------
-    def damage(self, keys: Iterable[str] | None = None) -> dict[str, str]:
-        """Done cells (of ``keys``, default all) whose rows disagree with their summary, with what disagrees."""
+    def damage(self, keys: Iterable[str] | None = None, *, full: bool = False) -> dict[str, str]:
+        """Done cells (of ``keys``, default all) whose rows disagree with their summary, with what disagrees.
+
+        Compares the count and the sums of the 0/1 columns (cheap, done on every read); ``full``
+        also compares a sha256 of every value of the rows with the one taken when the cell finished.
+        """
         if keys is None:
             keys = [r[0] for r in self._db.execute("SELECT key FROM cells WHERE status = 'done'")]
         found = {}
@@ -416,10 +422,19 @@ class Store:
             row = self._db.execute("SELECT status, summary FROM cells WHERE key = ?", (key,)).fetchone()
             if row is None or row[0] != "done":
                 continue
-            problem = _disagreement(json.loads(row[1] or "{}"), self._totals(key))
+            summary = json.loads(row[1] or "{}")
+            problem = _disagreement(summary, self._totals(key))
+            if not problem and full and DIGEST in summary and summary[DIGEST] != self._digest(key):
+                problem = "the rows' values differ from those the cell finished with (sha256)"
             if problem:
                 found[key] = problem
         return found
+
+    def _digest(self, key: str) -> str:
+        rows = self._db.execute(
+            f"SELECT {', '.join(EXAMPLE_COLUMNS)} FROM examples WHERE key = ? ORDER BY example_id", (key,)
+        ).fetchall()
+        return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
     def _totals(self, key: str) -> dict:
         n, clean, robust, attacked = self._db.execute(
@@ -519,6 +534,7 @@ class Store:
 
 CELL_COLUMNS = "key, spec, status, summary, flags, provenance, error, wall_s"
 SUMMED = ("n", "clean_correct", "robust_correct", "attacked")
+DIGEST = "rows_sha256"
 
 
 def new_owner() -> str:

@@ -1,7 +1,8 @@
 """``robench verify``: find the damage in a store, and with ``repair`` mend what can be mended.
 
 Two kinds of damage: what SQLite's ``integrity_check`` finds (a broken index, a damaged page),
-and done cells whose example rows disagree with their summary (rows lost or altered). Repair
+and done cells whose example rows disagree with their summary (rows lost, or values altered:
+counts, sums and the sha256 of the rows taken when the cell finished). Repair
 rebuilds the indexes (``REINDEX``), marks the damaged cells for recomputation (only their
 incomplete batches where that can be told, all of their rows otherwise) and computes them again
 from their stored specs, each batch's surviving rows checked against the new ones.
@@ -62,7 +63,7 @@ def verify(store: Store, *, repair: bool = False, device=None, command: str = ""
         found.integrity_after_repair = store.reindex()
         if found.integrity_after_repair:
             return found
-    found.damaged = store.damage()
+    found.damaged = store.damage(full=True)
     if not repair or not found.damaged:
         return found
     for key, problem in found.damaged.items():
