@@ -287,11 +287,16 @@ def verify_command(store_path, results_dir, repair, data_root, device):
 
     Exits 0 when the store is sound (or was fully repaired), 1 when damage remains.
     """
+    from robench.store import restore_schema
     from robench.verify import verify
 
     if data_root:
         os.environ["ROBENCH_DATA"] = data_root
-    with existing_store(store_path, results_dir) as store:
+    path = store_path if store_path is not None else store_in(results_dir)
+    if repair and Path(path).is_file():
+        for table in restore_schema(path):
+            click.echo(f"schema of table {table} was damaged: restored")
+    with existing_store(path, results_dir) as store:
         torch_device = None
         if repair:
             from robench.env import pick_device

@@ -180,7 +180,7 @@ def run_grid(
     cells, missing = split_missing(cells, expected)
     resolver = Resolver(device, objects)
     prepared = prepare(cells, resolver)
-    store.check_cells([key for _, key, _ in prepared])
+    store.check_cells([key for _, key, _ in prepared], full=True)
     result = GridResult(missing={missing_key(cell): reason for cell, reason in missing.items()})
     env = environment(device)
     run_id = store.start_run(command, env)

@@ -36,6 +36,8 @@ DEFAULT_RESULTS = Path("robench-results")  # a user's runs; committed leaderboar
 STORE_NAME = "robench.sqlite"
 
 
+SALVAGED = ("runs", "cells", "benchmark_cells", "batches", "examples", "cell_labels", "missing_cells")
+PROBE_LIMIT = 10_000  # rowids probed past a damaged page before a salvage takes a table's end as reached
 CLAIM_TTL = 60.0  # seconds without a heartbeat after which a claim is free for another writer
 HEARTBEAT_S = 10.0
 BUSY_TIMEOUT_MS = 60_000
@@ -385,14 +387,19 @@ class Store:
                              (key, batch, wall_s))
 
     def finish_cell(self, key: str, summary: dict, flags: list[str]) -> None:
-        """Mark a cell done with its summary (plus ``rows_sha256`` of its rows) and flags; a done cell keeps its state."""
+        """Mark a cell done with its summary and flags; a done cell keeps its state.
+
+        The summary gains ``rows_sha256`` (of every value of its rows) and ``record_sha256`` (of its
+        spec, provenance, summary and flags), which reads compare (:meth:`damage`).
+        """
         with self._write():
             (wall,) = self._db.execute("SELECT COALESCE(SUM(wall_s), 0) FROM batches WHERE key = ?", (key,)).fetchone()
             summary = {**summary, DIGEST: self._digest(key)}
+            summary[RECORD_DIGEST] = self._record_digest(key, summary, flags)
             self._db.execute(
                 "UPDATE cells SET status='done', summary=?, flags=?, finished=?, wall_s=?, error=NULL "
                 "WHERE key=? AND status != 'done'",
-                (json.dumps(summary, sort_keys=True), json.dumps(sorted(flags)), time.time(), wall, key),
+                (json.dumps(summary, sort_keys=True), _flags_text(flags), time.time(), wall, key),
             )
 
     def fail_cell(self, key: str, spec: dict, provenance: dict, run_id: int, benchmark: str | None,
@@ -412,23 +419,36 @@ class Store:
     def damage(self, keys: Iterable[str] | None = None, *, full: bool = False) -> dict[str, str]:
         """Done cells (of ``keys``, default all) whose rows disagree with their summary, with what disagrees.
 
-        Compares the count and the sums of the 0/1 columns (cheap, done on every read); ``full``
-        also compares a sha256 of every value of the rows with the one taken when the cell finished.
+        Compares the count and the sums of the 0/1 columns and the sha256 of the cell's spec,
+        provenance, summary and flags (cheap, done on every read); ``full`` also compares the
+        sha256 of every value of the rows with the one taken when the cell finished.
         """
         if keys is None:
             keys = [r[0] for r in self._db.execute("SELECT key FROM cells WHERE status = 'done'")]
         found = {}
         for key in keys:
-            row = self._db.execute("SELECT status, summary FROM cells WHERE key = ?", (key,)).fetchone()
+            row = self._db.execute("SELECT status, summary, flags FROM cells WHERE key = ?", (key,)).fetchone()
             if row is None or row[0] != "done":
                 continue
-            summary = json.loads(row[1] or "{}")
+            try:
+                summary, flags = json.loads(row[1] or "{}"), json.loads(row[2] or "[]")
+            except ValueError:
+                found[key] = RECORD_DAMAGED
+                continue
             problem = _disagreement(summary, self._totals(key))
+            if not problem and RECORD_DIGEST in summary and summary[RECORD_DIGEST] != self._record_digest(
+                    key, summary, flags):
+                problem = RECORD_DAMAGED
             if not problem and full and DIGEST in summary and summary[DIGEST] != self._digest(key):
                 problem = "the rows' values differ from those the cell finished with (sha256)"
             if problem:
                 found[key] = problem
         return found
+
+    def _record_digest(self, key: str, summary: dict, flags: list[str]) -> str:
+        spec, provenance = self._db.execute("SELECT spec, provenance FROM cells WHERE key = ?", (key,)).fetchone()
+        summary = json.dumps({k: v for k, v in summary.items() if k != RECORD_DIGEST}, sort_keys=True)
+        return hashlib.sha256(f"{spec}\n{provenance}\n{summary}\n{_flags_text(flags)}".encode()).hexdigest()
 
     def _digest(self, key: str) -> str:
         rows = self._db.execute(
@@ -443,9 +463,9 @@ class Store:
         ).fetchone()
         return {"n": n, "clean_correct": clean, "robust_correct": robust, "attacked": attacked}
 
-    def check_cells(self, keys: Iterable[str]) -> None:
+    def check_cells(self, keys: Iterable[str], *, full: bool = False) -> None:
         """Raise :class:`StoreDamaged` naming the done cells of ``keys`` whose rows disagree with their summary."""
-        damaged = self.damage(keys)
+        damaged = self.damage(keys, full=full)
         if damaged:
             raise StoreDamaged(_damage_message(self.path, damaged))
 
@@ -453,13 +473,17 @@ class Store:
         self.check_cells([r.key for r in records if r.status == "done"])
         return records
 
-    def mark_for_recompute(self, key: str, reason: str) -> list[int]:
-        """Make a damaged done cell recomputable by the next run; returns the batches that will be recomputed.
+    def mark_for_recompute(self, key: str, reason: str) -> list[int] | None:
+        """Make a damaged done cell recomputable; returns the batches to recompute (None: the cell was removed).
 
         Batches with fewer rows than the cell's batch size gives them lose their completion
         marker (their remaining rows are checked against the recomputation); when no batch is
-        short, every row of the cell goes.
+        short, every row of the cell goes. A cell whose own record (spec, provenance) is damaged
+        cannot be rebuilt from it: it is removed, and rerunning its benchmark computes it again.
         """
+        if reason == RECORD_DAMAGED:
+            self._remove(key)
+            return None
         with self._write():
             spec = self.spec(key)
             counts = self.stored_rows(key)
@@ -478,6 +502,15 @@ class Store:
             )
         return short
 
+    def _remove(self, key: str) -> None:
+        with self._write():
+            for table in ("examples", "batches", "benchmark_cells", "cell_labels", "claims", "cells"):
+                self._db.execute(f"DELETE FROM {table} WHERE key = ?", (key,))
+
+    def memberships(self, key: str) -> list[str]:
+        """The benchmarks a cell belongs to."""
+        return [r[0] for r in self._db.execute("SELECT benchmark FROM benchmark_cells WHERE key = ?", (key,))]
+
     def reindex(self) -> list[str]:
         """Rebuild every index from its table (mends index damage); returns the problems left."""
         try:
@@ -486,6 +519,36 @@ class Store:
         except sqlite3.DatabaseError as err:
             return [f"REINDEX failed: {err}"]
         return self.integrity_problems(full=True)
+
+    def salvage(self) -> Path:
+        """Replace a store whose tables are damaged by a fresh file with every row SQLite can still read.
+
+        Rows whose cell record was lost go too; the damaged file is kept as ``<name>.damaged``
+        (returned). Cells that lost rows are then found by :meth:`damage`. Run it while no other
+        process uses the store.
+        """
+        fresh = self.path.with_name(self.path.name + ".salvage")
+        fresh.unlink(missing_ok=True)
+        with Store(fresh) as new:
+            new._db.execute("PRAGMA foreign_keys=OFF")
+            for table in SALVAGED:
+                columns = [r[1] for r in new._db.execute(f"PRAGMA table_info({table})")]
+                rows = _readable_rows(self._db, table, columns)
+                with new._write():
+                    new._db.executemany(f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) "
+                                        f"VALUES ({', '.join('?' * len(columns))})", rows)
+            with new._write():
+                for table in ("examples", "batches", "benchmark_cells"):
+                    new._db.execute(f"DELETE FROM {table} WHERE key NOT IN (SELECT key FROM cells)")
+        self._db.close()
+        kept = self.path.with_name(self.path.name + ".damaged")
+        os.replace(self.path, kept)
+        for leftover in ("-wal", "-shm"):
+            Path(f"{self.path}{leftover}").unlink(missing_ok=True)
+        os.replace(fresh, self.path)
+        self._db = _connect_existing(self.path)
+        self._db.execute("PRAGMA foreign_keys=ON")
+        return kept
 
     # reading ------------------------------------------------------------------------------
     def examples(self, key: str) -> list[dict]:
@@ -535,6 +598,9 @@ class Store:
 CELL_COLUMNS = "key, spec, status, summary, flags, provenance, error, wall_s"
 SUMMED = ("n", "clean_correct", "robust_correct", "attacked")
 DIGEST = "rows_sha256"
+RECORD_DIGEST = "record_sha256"
+RECORD_DAMAGED = ("its stored record (spec, provenance, summary or flags) differs from the one it finished with "
+                  "(sha256)")
 
 
 def new_owner() -> str:
@@ -557,6 +623,56 @@ def claim_alive(owner: str, heartbeat: float) -> bool:
     except PermissionError:  # alive, owned by another user
         return True
     return True
+
+
+def restore_schema(path: "str | Path") -> list[str]:
+    """Put robench's own table definitions back where a store's schema text was damaged; the tables restored.
+
+    A damaged schema stops SQLite from opening the file at all; its tables' rows may be intact.
+    """
+    canonical = {}
+    for statement in filter(None, (part.strip() for part in SCHEMA.split(";"))):
+        canonical[statement.split()[5]] = statement.replace("CREATE TABLE IF NOT EXISTS", "CREATE TABLE", 1)
+    try:
+        db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=rw", uri=True, isolation_level=None)
+    except sqlite3.Error:
+        return []
+    try:
+        db.execute("PRAGMA writable_schema=ON")  # read and write the schema table without parsing it
+        stored = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+        restored = [name for name, sql in canonical.items() if name in stored and stored[name] != sql]
+        for name in restored:
+            db.execute("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = ?", (canonical[name], name))
+        return restored
+    except sqlite3.DatabaseError:
+        return []
+    finally:
+        db.close()
+
+
+def _readable_rows(db: sqlite3.Connection, table: str, columns: list[str]) -> list[tuple]:
+    """Every row of ``table`` SQLite can read: scan by rowid, and past an unreadable page probe rowid by rowid."""
+    select = f"SELECT rowid, {', '.join(columns)} FROM {table}"
+    rows, after, misses = [], 0, 0
+    while misses < PROBE_LIMIT:
+        try:
+            for row in db.execute(f"{select} WHERE rowid > ? ORDER BY rowid", (after,)):
+                rows.append(row[1:])
+                after = row[0]
+            return rows
+        except sqlite3.DatabaseError:
+            pass
+        while misses < PROBE_LIMIT:  # the scan stopped at a damaged page: find the next row it cannot reach
+            after, misses = after + 1, misses + 1
+            try:
+                found = db.execute(f"{select} WHERE rowid = ?", (after,)).fetchone()
+            except sqlite3.DatabaseError:
+                continue
+            if found is not None:
+                rows.append(found[1:])
+                misses = 0
+                break
+    return rows
 
 
 def _connect_existing(path: Path) -> sqlite3.Connection:
@@ -637,8 +753,20 @@ def _chunks(items: list, size: int = 500) -> Iterator[list]:
         yield items[start : start + size]
 
 
+def _flags_text(flags: list[str]) -> str:
+    return json.dumps(sorted(flags))
+
+
 def _record(row: tuple) -> CellRecord:
     key, spec, status, summary, flags, provenance, error, wall_s = row
+    try:
+        return _decoded(key, spec, status, summary, flags, provenance, error, wall_s)
+    except (ValueError, TypeError) as err:
+        raise StoreDamaged(f"the stored record of cell {key[:12]} is damaged ({err}); run `robench verify --repair` "
+                           "to remove it, then rerun its benchmark to compute it again") from None
+
+
+def _decoded(key, spec, status, summary, flags, provenance, error, wall_s) -> CellRecord:
     return CellRecord(
         key=key,
         spec=json.loads(spec),
