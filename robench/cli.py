@@ -279,7 +279,8 @@ def show_command(key, store_path, as_json, examples):
 @main.command("verify")
 @click.option("--store", "store_path", type=click.Path(dir_okay=False), help=STORE_HELP)
 @click.option("--results", "results_dir", type=click.Path(file_okay=False), default=str(DEFAULT_RESULTS), show_default=True)
-@click.option("--repair", is_flag=True, help="Rebuild broken indexes, mark damaged cells and recompute them.")
+@click.option("--repair", is_flag=True,
+              help="Restore a damaged schema, rebuild indexes, salvage unreadable pages, recompute damaged cells.")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Folder with the datasets (or set ROBENCH_DATA).")
 @click.option("--device", default="auto", show_default=True, help="Device for recomputing with --repair.")
 def verify_command(store_path, results_dir, repair, data_root, device):
@@ -287,27 +288,21 @@ def verify_command(store_path, results_dir, repair, data_root, device):
 
     Exits 0 when the store is sound (or was fully repaired), 1 when damage remains.
     """
-    from robench.store import restore_schema
     from robench.verify import verify
 
     if data_root:
         os.environ["ROBENCH_DATA"] = data_root
-    path = store_path if store_path is not None else store_in(results_dir)
-    if repair and Path(path).is_file():
-        for table in restore_schema(path):
-            click.echo(f"schema of table {table} was damaged: restored")
-    with existing_store(path, results_dir) as store:
-        torch_device = None
-        if repair:
-            from robench.env import pick_device
+    torch_device = None
+    if repair:
+        from robench.env import pick_device
 
-            try:
-                torch_device = pick_device(device)
-            except ConfigError as err:
-                raise click.UsageError(str(err)) from None
-        command = "robench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        found = verify(store, repair=repair, device=torch_device, command=command)
-        path = store.path
+        try:
+            torch_device = pick_device(device)
+        except ConfigError as err:
+            raise click.UsageError(str(err)) from None
+    path = store_path if store_path is not None else store_in(results_dir)
+    command = "robench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    found = verify(path, repair=repair, device=torch_device, command=command)
     for line in found.lines(path):
         click.echo(line)
     if not found.sound:

@@ -36,8 +36,6 @@ DEFAULT_RESULTS = Path("robench-results")  # a user's runs; committed leaderboar
 STORE_NAME = "robench.sqlite"
 
 
-SALVAGED = ("runs", "cells", "benchmark_cells", "batches", "examples", "cell_labels", "missing_cells")
-PROBE_LIMIT = 10_000  # rowids probed past a damaged page before a salvage takes a table's end as reached
 CLAIM_TTL = 60.0  # seconds without a heartbeat after which a claim is free for another writer
 HEARTBEAT_S = 10.0
 BUSY_TIMEOUT_MS = 60_000
@@ -520,36 +518,6 @@ class Store:
             return [f"REINDEX failed: {err}"]
         return self.integrity_problems(full=True)
 
-    def salvage(self) -> Path:
-        """Replace a store whose tables are damaged by a fresh file with every row SQLite can still read.
-
-        Rows whose cell record was lost go too; the damaged file is kept as ``<name>.damaged``
-        (returned). Cells that lost rows are then found by :meth:`damage`. Run it while no other
-        process uses the store.
-        """
-        fresh = self.path.with_name(self.path.name + ".salvage")
-        fresh.unlink(missing_ok=True)
-        with Store(fresh) as new:
-            new._db.execute("PRAGMA foreign_keys=OFF")
-            for table in SALVAGED:
-                columns = [r[1] for r in new._db.execute(f"PRAGMA table_info({table})")]
-                rows = _readable_rows(self._db, table, columns)
-                with new._write():
-                    new._db.executemany(f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) "
-                                        f"VALUES ({', '.join('?' * len(columns))})", rows)
-            with new._write():
-                for table in ("examples", "batches", "benchmark_cells"):
-                    new._db.execute(f"DELETE FROM {table} WHERE key NOT IN (SELECT key FROM cells)")
-        self._db.close()
-        kept = self.path.with_name(self.path.name + ".damaged")
-        os.replace(self.path, kept)
-        for leftover in ("-wal", "-shm"):
-            Path(f"{self.path}{leftover}").unlink(missing_ok=True)
-        os.replace(fresh, self.path)
-        self._db = _connect_existing(self.path)
-        self._db.execute("PRAGMA foreign_keys=ON")
-        return kept
-
     # reading ------------------------------------------------------------------------------
     def examples(self, key: str) -> list[dict]:
         """Per-example outcomes of a cell, ordered by example id."""
@@ -625,56 +593,6 @@ def claim_alive(owner: str, heartbeat: float) -> bool:
     return True
 
 
-def restore_schema(path: "str | Path") -> list[str]:
-    """Put robench's own table definitions back where a store's schema text was damaged; the tables restored.
-
-    A damaged schema stops SQLite from opening the file at all; its tables' rows may be intact.
-    """
-    canonical = {}
-    for statement in filter(None, (part.strip() for part in SCHEMA.split(";"))):
-        canonical[statement.split()[5]] = statement.replace("CREATE TABLE IF NOT EXISTS", "CREATE TABLE", 1)
-    try:
-        db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=rw", uri=True, isolation_level=None)
-    except sqlite3.Error:
-        return []
-    try:
-        db.execute("PRAGMA writable_schema=ON")  # read and write the schema table without parsing it
-        stored = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
-        restored = [name for name, sql in canonical.items() if name in stored and stored[name] != sql]
-        for name in restored:
-            db.execute("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = ?", (canonical[name], name))
-        return restored
-    except sqlite3.DatabaseError:
-        return []
-    finally:
-        db.close()
-
-
-def _readable_rows(db: sqlite3.Connection, table: str, columns: list[str]) -> list[tuple]:
-    """Every row of ``table`` SQLite can read: scan by rowid, and past an unreadable page probe rowid by rowid."""
-    select = f"SELECT rowid, {', '.join(columns)} FROM {table}"
-    rows, after, misses = [], 0, 0
-    while misses < PROBE_LIMIT:
-        try:
-            for row in db.execute(f"{select} WHERE rowid > ? ORDER BY rowid", (after,)):
-                rows.append(row[1:])
-                after = row[0]
-            return rows
-        except sqlite3.DatabaseError:
-            pass
-        while misses < PROBE_LIMIT:  # the scan stopped at a damaged page: find the next row it cannot reach
-            after, misses = after + 1, misses + 1
-            try:
-                found = db.execute(f"{select} WHERE rowid = ?", (after,)).fetchone()
-            except sqlite3.DatabaseError:
-                continue
-            if found is not None:
-                rows.append(found[1:])
-                misses = 0
-                break
-    return rows
-
-
 def _connect_existing(path: Path) -> sqlite3.Connection:
     """Open an existing file without ever creating one (``mode=rw``; ``mode=ro`` where it cannot be written)."""
     uri = path.resolve().as_uri()
@@ -717,8 +635,8 @@ def _unusable(path: Path, err: sqlite3.DatabaseError) -> str:
         return (f"{path} is not a robench store ({err}): it is damaged or another kind of file; move it away "
                 "(or restore a backup) and rerun to start a new store, or pass --store with another path")
     if "malformed" in str(err):
-        return (f"store {path} is damaged ({err}); `robench verify --repair --store {path}` rebuilds its "
-                "indexes and marks damaged cells for recomputation; if it cannot, move the file away")
+        return (f"store {path} is damaged ({err}); `robench verify --repair --store {path}` mends what it can "
+                "(schema, indexes, unreadable pages) and recomputes the cells that lost rows")
     return f"cannot open store {path}: {err}"
 
 

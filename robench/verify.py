@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from robench.salvage import restore_schema, salvage
 from robench.store import Store
 
 
@@ -23,6 +24,7 @@ class Verification:
     """What ``verify`` found and did: SQLite's problems, damaged cells, marked batches, recomputed cells."""
 
     repair: bool
+    restored_schema: list[str] = field(default_factory=list)
     integrity: list[str] = field(default_factory=list)
     integrity_after_repair: list[str] = field(default_factory=list)
     salvaged_from: Path | None = None
@@ -41,7 +43,8 @@ class Verification:
 
     def lines(self, path) -> list[str]:
         """The report ``robench verify`` prints for the store at ``path``."""
-        lines = [f"integrity: {problem}" for problem in self.integrity]
+        lines = [f"schema of table {table} was damaged: restored" for table in self.restored_schema]
+        lines += [f"integrity: {problem}" for problem in self.integrity]
         if self.integrity and self.repair:
             after = self.integrity_after_repair
             done = "indexes rebuilt" if self.salvaged_from is None else (
@@ -57,27 +60,42 @@ class Verification:
         lines += [f"recomputed {key[:12]}" for key in self.recomputed]
         lines += [f"could not recompute {key[:12]}: {message}" for key, message in self.failed.items()]
         if self.sound:
-            return lines + [f"{path}: sound" + (" after repair" if self.damaged or self.integrity else "")]
+            repaired = self.damaged or self.integrity or self.restored_schema
+            return lines + [f"{path}: sound" + (" after repair" if repaired else "")]
         if not self.repair:
             lines.append(f"{path} is damaged; `robench verify --repair --store {path}` repairs what it can")
         return lines
 
 
-def verify(store: Store, *, repair: bool = False, device=None, command: str = "") -> Verification:
-    """Check ``store`` (and with ``repair``, reindex, mark and recompute on ``device``)."""
-    found = Verification(repair, integrity=store.integrity_problems(full=True))
-    if found.integrity:
-        if not repair:
-            return found  # the rows cannot be read reliably to tell which cells are damaged
-        found.integrity_after_repair = store.reindex()
-        if found.integrity_after_repair:  # damaged tables: keep what can be read, recompute the rest
-            found.salvaged_from = store.salvage()
-            found.integrity_after_repair = store.integrity_problems(full=True)
-            if found.integrity_after_repair:
-                return found
-    found.damaged = store.damage(full=True)
-    if not repair or not found.damaged:
+def verify(path: "str | Path", *, repair: bool = False, device=None, command: str = "") -> Verification:
+    """Check the store at ``path`` (and with ``repair``, restore, reindex, salvage, mark and recompute on ``device``).
+
+    Raises :class:`robench.store.StoreError` when the file cannot be opened as a store.
+    """
+    found = Verification(repair, restored_schema=restore_schema(path) if repair and Path(path).is_file() else [])
+    store = Store(path, create=False)
+    try:
+        found.integrity = store.integrity_problems(full=True)
+        if found.integrity:
+            if not repair:
+                return found  # the rows cannot be read reliably to tell which cells are damaged
+            found.integrity_after_repair = store.reindex()
+            if found.integrity_after_repair:  # damaged tables: keep what can be read, recompute the rest
+                store.close()
+                found.salvaged_from = salvage(path)
+                store = Store(path, create=False)
+                found.integrity_after_repair = store.integrity_problems(full=True)
+                if found.integrity_after_repair:
+                    return found
+        found.damaged = store.damage(full=True)
+        if repair and found.damaged:
+            _repair_cells(store, found, device, command)
         return found
+    finally:
+        store.close()
+
+
+def _repair_cells(store: Store, found: Verification, device, command: str) -> None:
     for key, problem in found.damaged.items():
         benchmarks = store.memberships(key)
         batches = store.mark_for_recompute(key, problem)
@@ -86,9 +104,8 @@ def verify(store: Store, *, repair: bool = False, device=None, command: str = ""
         else:
             found.marked[key] = batches
     if not found.marked:
-        return found
+        return
     from robench.runner import recompute  # torch is imported only when there is something to compute
 
     result = recompute(list(found.marked), store, device=device, command=command)
     found.recomputed, found.failed = result.computed, result.failed
-    return found
