@@ -474,10 +474,10 @@ class Store:
     def mark_for_recompute(self, key: str, reason: str) -> list[int] | None:
         """Make a damaged done cell recomputable; returns the batches to recompute (None: the cell was removed).
 
-        Batches with fewer rows than the cell's batch size gives them lose their completion
-        marker (their remaining rows are checked against the recomputation); when no batch is
-        short, every row of the cell goes. A cell whose own record (spec, provenance) is damaged
-        cannot be rebuilt from it: it is removed, and rerunning its benchmark computes it again.
+        Batches whose row count is not the one the cell's batch size gives them (rows lost, or a
+        batch number altered) lose their rows and completion marker; when every count is right
+        (values altered), every row of the cell goes. A cell whose own record (spec, provenance)
+        is damaged cannot be rebuilt from it: it is removed, and rerunning its benchmark computes it.
         """
         if reason == RECORD_DAMAGED:
             self._remove(key)
@@ -486,19 +486,19 @@ class Store:
             spec = self.spec(key)
             counts = self.stored_rows(key)
             size, n = spec["batch_size"], spec["n"]
-            batches = range((n + size - 1) // size)
-            short = [b for b in batches if counts.get(b, 0) < min(size, n - b * size)]
-            if short:
-                self._db.executemany("DELETE FROM batches WHERE key = ? AND batch = ?", [(key, b) for b in short])
-            else:
-                short = list(batches)
-                self._db.execute("DELETE FROM examples WHERE key = ?", (key,))
-                self._db.execute("DELETE FROM batches WHERE key = ?", (key,))
+            expected = {b: min(size, n - b * size) for b in range((n + size - 1) // size)}
+            off = sorted(b for b in {*expected, *counts} if counts.get(b, 0) != expected.get(b, 0))
+            if not off:
+                off = sorted(expected)
+            for batch in off:
+                self._db.execute("DELETE FROM examples WHERE key = ? AND batch = ?", (key, batch))
+                self._db.execute("DELETE FROM batches WHERE key = ? AND batch = ?", (key, batch))
+            recomputed = [b for b in off if b in expected]
             self._db.execute(
                 "UPDATE cells SET status='error', error=? WHERE key = ?",
-                (f"damaged ({reason}); batches {short} marked for recomputation: rerun to recompute them", key),
+                (f"damaged ({reason}); batches {recomputed} marked for recomputation: rerun to recompute them", key),
             )
-        return short
+        return recomputed
 
     def _remove(self, key: str) -> None:
         with self._write():

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from robench.salvage import restore_schema, salvage
-from robench.store import Store
+from robench.store import Store, StoreError
 
 
 @dataclass
@@ -73,7 +73,13 @@ def verify(path: "str | Path", *, repair: bool = False, device=None, command: st
     Raises :class:`robench.store.StoreError` when the file cannot be opened as a store.
     """
     found = Verification(repair, restored_schema=restore_schema(path) if repair and Path(path).is_file() else [])
-    store = Store(path, create=False)
+    try:
+        store = Store(path, create=False)
+    except StoreError as err:
+        if not repair or not Path(path).is_file():
+            raise
+        raise StoreError(f"{str(err).split('; ')[0]}, and repair cannot open it either: move it away (or restore a "
+                         "backup) and rerun to start a new store") from None
     try:
         found.integrity = store.integrity_problems(full=True)
         if found.integrity:
