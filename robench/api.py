@@ -84,7 +84,7 @@ def evaluate(
     command = "robench.evaluate(" + ", ".join(f"{k}={v!r}" for k, v in arguments.items()) + ")"
     with _opened(store) as opened:
         result = run_grid(list(cells), opened, benchmark=benchmark, device=torch_device, command=command,
-                          progress=progress, objects=parts.objects)
+                          progress=progress, objects=parts.objects, additive=True)
         frame = leaderboard(opened, benchmark)
     if result.failed:
         failures = "; ".join(f"{key[:12]}: {message}" for key, message in result.failed.items())

@@ -35,6 +35,16 @@ def run_checks(cell, resolver) -> list[str]:
     return flags
 
 
+def outcome_flags(rows: list[dict], *, deterministic: bool) -> list[str]:
+    """``impossible-outcomes`` when a stored row cannot happen: robust but not clean, or (scoring
+    without randomness) an attacked example lost with no perturbation at all."""
+    robust_not_clean = any(r["robust_correct"] > r["clean_correct"] for r in rows)
+    lost_unperturbed = deterministic and any(
+        r["attacked"] and not r["robust_correct"] and r["perturbation"] == 0 for r in rows
+    )
+    return ["impossible-outcomes"] if robust_not_clean or lost_unperturbed else []
+
+
 SURROGATE_TOLERANCE = 0.1
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import sqlite3
 import sys
 from importlib import import_module
 from pathlib import Path
@@ -20,7 +21,7 @@ from tabulate import tabulate
 from robench import registry
 from robench.errors import ConfigError
 from robench.spec import SpecError
-from robench.store import DEFAULT_RESULTS, Store, store_in
+from robench.store import DEFAULT_RESULTS, Store, StoreError, store_in
 
 STORE_HELP = f"Result store (default: robench.sqlite in the results folder, {DEFAULT_RESULTS}/)."
 USAGE_ERRORS = (SpecError, ConfigError, registry.PluginError, FileNotFoundError)
@@ -33,6 +34,15 @@ class LazyGroup(click.Group):
     def __init__(self, *args, lazy: dict[str, tuple[str, str]] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.lazy = dict(lazy or {})
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except StoreError as err:  # a store that cannot be opened or read is bad input, in every command
+            raise click.UsageError(str(err)) from None
+        except sqlite3.DatabaseError as err:  # damage found while reading or writing
+            raise click.UsageError(f"the result store is damaged ({err}); `robench verify --repair --store PATH` "
+                                   "mends what it can") from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.lazy})
@@ -130,7 +140,7 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
     from robench.report import leaderboard, leaderboard_document, pivot_only, write_leaderboard
     from robench.runner import run_grid
 
-    store_path = store_path or store_in(results_dir)
+    store_path = store_path if store_path is not None else store_in(results_dir)
     if data_root:
         os.environ["ROBENCH_DATA"] = data_root
     scalars = {"dataset": dataset, "n": n, "sample_seed": sample_seed, "seed": seed, "draws": draws, "eot": eot,
@@ -149,7 +159,7 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
         with Store(store_path) as store:
             command = "robench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
             result = run_grid(list(grid.cells), store, benchmark=title, device=torch_device, command=command,
-                              progress=progress, labels=grid.labels, expected=grid.expected)
+                              progress=progress, labels=grid.labels, expected=grid.expected, additive=not benchmark)
             csv_path, md_path = write_leaderboard(store, title, results_dir)
             frame = leaderboard(store, title)
     except USAGE_ERRORS as err:
@@ -181,12 +191,9 @@ def _some(keys: list[str], shown: int = 3) -> str:
     return f"{len(keys)} cell{'s' * (len(keys) != 1)} ({', '.join(keys[:shown])}{more})"
 
 
-def existing_store(store_path: "str | None", results_dir: "str | Path") -> Path:
+def existing_store(store_path: "str | None", results_dir: "str | Path") -> Store:
     """The store a read-only command opens; never created: a missing one is a usage error."""
-    path = Path(store_path) if store_path else store_in(results_dir)
-    if not path.is_file():
-        raise click.UsageError(f"no store at {path}; run a benchmark first (robench run ...) or pass --store PATH")
-    return path
+    return Store(store_path if store_path is not None else store_in(results_dir), create=False)
 
 
 @main.command("leaderboard")
@@ -206,7 +213,7 @@ def leaderboard_command(benchmarks, store_path, results_dir, fmt, view, width):
     from robench.render import render
     from robench.report import leaderboard, leaderboard_document, pivot_only, write_leaderboard
 
-    with Store(existing_store(store_path, results_dir)) as store:
+    with existing_store(store_path, results_dir) as store:
         names = _stored(store, benchmarks)
         for name in names:
             written = write_leaderboard(store, name, results_dir)
@@ -235,7 +242,7 @@ def site_command(benchmarks, store_path, results_dir, out):
     """Write the static results site (index, benchmarks, paper tables, cells) from the store alone."""
     from robench.site import SITE, write_site
 
-    with Store(existing_store(store_path, results_dir)) as store:
+    with existing_store(store_path, results_dir) as store:
         names = _stored(store, benchmarks)
         click.echo(str(write_site(store, Path(out) if out else Path(results_dir) / SITE, names)))
     _plots_note()
@@ -269,12 +276,11 @@ def report_command(paper, benchmarks, store_path, results_dir, paper_dir):
     """Write PAPER's tables (e.g. dir2023) in the paper's layout, robench's numbers beside the paper's."""
     from robench.paper import PaperReportError, paper_entries, paper_folder, write_paper_report
 
-    path = existing_store(store_path, results_dir)
     try:
         folder = Path(paper_dir) if paper_dir else paper_folder(paper)
-        with Store(path) as store:
+        with existing_store(store_path, results_dir) as store:
             if not paper_entries(store, {p.stem for p in folder.glob("*.csv")}, list(benchmarks) or None):
-                raise click.UsageError(_nothing_to_report(paper, folder, path, benchmarks))
+                raise click.UsageError(_nothing_to_report(paper, folder, store.path, benchmarks))
             paths = write_paper_report(store, folder, Path(results_dir) / paper, list(benchmarks) or None)
     except PaperReportError as err:
         raise click.UsageError(str(err)) from None
@@ -299,7 +305,7 @@ def show_command(key, store_path, as_json, examples):
     """Show one stored cell (KEY or a unique prefix): spec, accuracies with CI, flags, timing, provenance."""
     from robench.show import render_cell, render_examples
 
-    with Store(existing_store(store_path, DEFAULT_RESULTS)) as store:
+    with existing_store(store_path, DEFAULT_RESULTS) as store:
         found = store.find_cells(key)
         if not found:
             raise click.UsageError(f"no stored cell has a key starting with {key!r}; the key column of a "
@@ -320,6 +326,39 @@ def show_command(key, store_path, as_json, examples):
     click.echo(render_cell(record))
     if rows is not None:
         click.echo(render_examples(rows))
+
+
+@main.command("verify")
+@click.option("--store", "store_path", type=click.Path(dir_okay=False), help=STORE_HELP)
+@click.option("--results", "results_dir", type=click.Path(file_okay=False), default=str(DEFAULT_RESULTS), show_default=True)
+@click.option("--repair", is_flag=True,
+              help="Restore a damaged schema, rebuild indexes, salvage unreadable pages, recompute damaged cells.")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Folder with the datasets (or set ROBENCH_DATA).")
+@click.option("--device", default="auto", show_default=True, help="Device for recomputing with --repair.")
+def verify_command(store_path, results_dir, repair, data_root, device):
+    """Check a store for damage (SQLite's integrity check, done cells whose rows disagree with their summary).
+
+    Exits 0 when the store is sound (or was fully repaired), 1 when damage remains.
+    """
+    from robench.verify import verify
+
+    if data_root:
+        os.environ["ROBENCH_DATA"] = data_root
+    torch_device = None
+    if repair:
+        from robench.env import pick_device
+
+        try:
+            torch_device = pick_device(device)
+        except ConfigError as err:
+            raise click.UsageError(str(err)) from None
+    path = store_path if store_path is not None else store_in(results_dir)
+    command = "robench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    found = verify(path, repair=repair, device=torch_device, command=command)
+    for line in found.lines(path):
+        click.echo(line)
+    if not found.sound:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

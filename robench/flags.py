@@ -54,6 +54,12 @@ FLAG_DOCS = {
         "more than 5% of examples remain correctly classified. An attack that cannot break a model "
         "with an unlimited budget is broken or blocked by obfuscated gradients."
     ),
+    "impossible-outcomes": (
+        "Some stored example rows cannot happen in a sound evaluation: an example robust but not "
+        "clean, or (with scoring that has no randomness) an example classified correctly, attacked "
+        "with zero perturbation, and then misclassified. The model or defense changed during the "
+        "cell, or a plugin keeps hidden state between calls: the cell's numbers are not trustworthy."
+    ),
     "zero-gradient": (
         "More than half of the first batch has an all-zero input gradient through the attacked "
         "model: a sign of gradient masking (obfuscated gradients, Athalye et al. 2018). Robust "

@@ -29,10 +29,29 @@ class Resolver:
     def __init__(self, device: torch.device, objects: Mapping[str, nn.Module] | None = None):
         self.device = device
         self.objects = dict(objects or {})
-        self.model = lru_cache(maxsize=None)(self._model)
-        self.defense = lru_cache(maxsize=None)(self._defense)
+        self.modified: dict[str, str] = {}  # in-memory objects a plugin changed (they cannot be rebuilt), and how
+        self._cache: dict[tuple[str, Spec], nn.Module] = {}
         self.attack = lru_cache(maxsize=None)(self._attack)
         self.examples = lru_cache(maxsize=None)(self._examples)
+
+    def model(self, spec: Spec) -> nn.Module:
+        """The classifier of ``spec`` on the device in eval mode, built once."""
+        return self._cached("models", spec, self._model)
+
+    def defense(self, spec: Spec) -> Defense:
+        """The defense of ``spec`` on the device in eval mode, built once."""
+        return self._cached("defenses", spec, self._defense)
+
+    def _cached(self, kind: str, spec: Spec, build) -> nn.Module:
+        if (kind, spec) not in self._cache:
+            self._cache[kind, spec] = build(spec)
+        return self._cache[kind, spec]
+
+    def forget(self, kind: str, spec: Spec, why: str) -> None:
+        """Drop a changed model or defense: a plugin is rebuilt on next use, an in-memory object is refused."""
+        self._cache.pop((kind, spec), None)
+        if str(spec) in self.objects:
+            self.modified[str(spec)] = why
 
     def _model(self, spec: Spec) -> nn.Module:
         return self._built("models", spec).to(self.device).eval()
@@ -47,6 +66,9 @@ class Resolver:
         return defense.to(self.device).eval()
 
     def _built(self, kind: str, spec: Spec) -> nn.Module:
+        if str(spec) in self.modified:
+            raise ConfigError(f"{spec} was modified by an earlier cell and an in-memory object cannot be rebuilt; "
+                              f"pass a fresh copy ({self.modified[str(spec)]})")
         found = self.objects.get(str(spec))
         return found if found is not None else registry.build(kind, spec)
 

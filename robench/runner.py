@@ -2,6 +2,10 @@
 
 ``evaluate_cell`` is a function of the cell and the store only (no global state), so an
 executor that ships cells elsewhere (Ray) can call it unchanged.
+
+Several runs may share a store: each claims a cell before computing it. A cell another live
+run holds is put aside and taken up after the rest of the grid: by then it is usually done
+(read from the store), or failed (its error is reported), or its owner died (computed here).
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from robench import checks
 from robench.cell import Cell, cell_key
 from robench.env import batch_seed, environment
 from robench.errors import ConfigError
+from robench.guard import Guard, Guarded, ObjectModified
 from robench.missing import Expected, missing_key, split_missing
 from robench.resolve import Resolver
 from robench.scoring import score_batch
-from robench.store import MissingRecord, Store
+from robench.store import MissingRecord, Store, new_owner
 from robench.views import attack_view, attacked_defense, restored_points, restoring_defense, scored_view
 
 
@@ -40,17 +45,27 @@ class GridResult:
         return not self.failed
 
 
-def evaluate_cell(cell: Cell, key: str, resolver: Resolver, store: Store, *, progress: bool = False) -> dict:
-    """Evaluate the missing batches of one cell into the store and return its summary."""
+WAIT_S = 1.0  # how often a run polls a cell another run is computing
+
+
+def evaluate_cell(
+    cell: Cell, key: str, resolver: Resolver, store: Store, *, progress: bool = False, guard: Guard | None = None
+) -> dict:
+    """Evaluate the missing batches of one cell into the store and return its summary.
+
+    A batch is stored only after ``guard`` (default: fingerprints taken now) finds the cell's
+    models and defenses unchanged; a batch whose rows are partly missing is computed again.
+    """
+    guard = guard or cell_guard(cell, resolver)
     examples = resolver.cell_examples(cell)
     scorer = scored_view(cell, resolver)
     attacker = attack_view(cell, resolver)
     attack = resolver.attack(cell.attack)
     device = resolver.device
-    done = store.completed_batches(key)
+    complete, stored = store.completed_batches(key), store.stored_rows(key)
     starts = range(0, len(examples), cell.batch_size)
     for batch, start in enumerate(tqdm(starts, desc="batches", leave=False, disable=not progress)):
-        if batch in done:
+        if batch in complete and stored.get(batch) == min(cell.batch_size, len(examples) - start):
             continue
         began = time.perf_counter()
         torch.manual_seed(batch_seed(cell.seed, batch))
@@ -74,6 +89,7 @@ def evaluate_cell(cell: Cell, key: str, resolver: Resolver, store: Store, *, pro
             }
             for i in range(len(y))
         ]
+        guard.check()
         store.add_batch(key, batch, rows, time.perf_counter() - began)
     return summarise(store.examples(key))
 
@@ -94,6 +110,16 @@ def summarise(rows: list[dict]) -> dict:
         "attacked": sum(r["attacked"] for r in rows),
         "max_perturbation": max((r["perturbation"] for r in rows), default=0.0),
     }
+
+
+def cell_guard(cell: Cell, resolver: Resolver) -> Guard:
+    """Fingerprints of the models and defenses a cell uses, with the plugins that could change each."""
+    attacks = [f"attack {cell.attack}"] + ([f"attack {cell.restore_from}"] if cell.restore_from is not None else [])
+    models = [Guarded("models", spec, resolver.model(spec), tuple(attacks))
+              for spec in dict.fromkeys((cell.model, *cell.sources))]
+    defenses = [Guarded("defenses", spec, resolver.defense(spec), (f"defense {spec}", *attacks))
+                for spec in dict.fromkeys(filter(None, (cell.defense, cell.attack_defense)))]
+    return Guard(models + defenses)
 
 
 def normalise(cell: Cell, resolver: Resolver) -> Cell:
@@ -139,46 +165,134 @@ def run_grid(
     labels: Mapping[Cell, Sequence[dict]] | None = None,
     expected: Expected | None = None,
     objects: Mapping[str, nn.Module] | None = None,
+    additive: bool = False,
 ) -> GridResult:
     """Evaluate every cell not yet in the store; failures become error rows and the grid goes on.
 
     Cells naming a plugin or checkpoint that ``expected`` declares may be absent, and is, are
     stored as missing cells with their reason; ``labels`` (cell -> paper labels) are stored with
     the benchmark's latest grid for paper-layout reports; ``objects`` (name -> in-memory model
-    or defense) take precedence over registered plugins of the same name.
+    or defense) take precedence over registered plugins of the same name. The grid replaces the
+    benchmark's cells, or adds to them (``additive``: an ad-hoc grid other runs may share).
+    A damaged store stops the run before anything runs.
     """
+    store.check_integrity()
     cells, missing = split_missing(cells, expected)
     resolver = Resolver(device, objects)
     prepared = prepare(cells, resolver)
+    store.check_cells([key for _, key, _ in prepared], full=True)
     result = GridResult(missing={missing_key(cell): reason for cell, reason in missing.items()})
     env = environment(device)
     run_id = store.start_run(command, env)
-    store.set_members(benchmark, [key for _, key, _ in prepared])
-    store.set_missing(benchmark, [MissingRecord(missing_key(c), c.to_json(), r) for c, r in missing.items()])
+    store.set_members(benchmark, [key for _, key, _ in prepared], replace=not additive)
+    store.set_missing(benchmark, [MissingRecord(missing_key(c), c.to_json(), r) for c, r in missing.items()],
+                      replace=not additive)
     keys = [(cell, key) for cell, (_, key, _) in zip(cells, prepared)] + [(c, missing_key(c)) for c in missing]
-    store.set_labels(benchmark, _labels_by_key(keys, labels or {}))
-    bar = tqdm(prepared, desc=benchmark, unit="cell", disable=not progress)
-    for cell, key, provenance in bar:
-        bar.set_postfix_str(_describe(cell)[:60])
-        stored = store.cell(key)
-        if stored is not None and stored.status == "done":
-            store.tag(key, benchmark)
-            result.cached.append(key)
-            continue
-        spec = cell.to_json()
-        record = {**provenance, "environment": env}
-        try:
-            store.begin_cell(key, spec, record, run_id, benchmark)
-            flags = checks.run_checks(cell, resolver)
-            summary = evaluate_cell(cell, key, resolver, store, progress=progress)
-            store.finish_cell(key, summary, flags)
-            result.computed.append(key)
-        except Exception as err:  # one broken cell must not stop the grid (DESIGN §5)
-            message = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
-            store.fail_cell(key, spec, record, run_id, benchmark, message)
-            result.failed[key] = f"{type(err).__name__}: {err}"
+    store.set_labels(benchmark, _labels_by_key(keys, labels or {}), replace=not additive)
+    writer = _Writer(store, resolver, new_owner(), run_id, benchmark, env, result, progress)
+    elsewhere = []
+    with store.heartbeats(writer.owner):
+        bar = tqdm(prepared, desc=benchmark, unit="cell", disable=not progress)
+        for cell, key, provenance in bar:
+            bar.set_postfix_str(_describe(cell)[:60])
+            claim = store.claim(key, writer.owner)
+            if claim == "busy":
+                elsewhere.append((cell, key, provenance))
+            else:
+                writer.settle(claim, cell, key, provenance)
+        for cell, key, provenance in elsewhere:
+            writer.await_other(cell, key, provenance)
     store.finish_run(run_id)
     return result
+
+
+def recompute(keys: list[str], store: Store, *, device: torch.device, command: str = "") -> GridResult:
+    """Compute again the stored cells ``keys`` (marked for recomputation) from their stored specs.
+
+    A cell whose key the current plugins, checkpoints and data no longer give (a version
+    changed since) cannot be recomputed here: it is reported failed with the benchmark to rerun.
+    """
+    resolver = Resolver(device)
+    result = GridResult()
+    run_id = store.start_run(command, environment(device))
+    writer = _Writer(store, resolver, new_owner(), run_id, None, environment(device), result, False)
+    with store.heartbeats(writer.owner):
+        for key in keys:
+            cell = Cell.from_json(store.spec(key))
+            try:
+                ((cell, now, provenance),) = prepare([cell], resolver)
+            except ConfigError as err:
+                result.failed[key] = f"cannot be rebuilt here: {err}"
+                continue
+            if now != key:
+                result.failed[key] = ("the current plugins, checkpoints or data give this cell another key; "
+                                      "rerun the benchmark it belongs to")
+                continue
+            writer.settle(writer.wait_for_claim(key), cell, key, provenance)
+    store.finish_run(run_id)
+    return result
+
+
+@dataclass
+class _Writer:
+    """One run's writes to the store: claims, computations, error rows (DESIGN §5)."""
+
+    store: Store
+    resolver: Resolver
+    owner: str
+    run_id: int
+    benchmark: str | None
+    env: dict
+    result: GridResult
+    progress: bool
+
+    def settle(self, claim: str, cell: Cell, key: str, provenance: dict) -> None:
+        """Record a cell found done, or compute the claimed cell and release it; failures become error rows."""
+        if claim == "done":
+            self.store.tag(key, self.benchmark)
+            self.result.cached.append(key)
+            return
+        spec = cell.to_json()
+        record = {**provenance, "environment": self.env}
+        try:
+            self.store.begin_cell(key, spec, record, self.run_id, self.benchmark)
+            guard = cell_guard(cell, self.resolver)
+            flags = checks.run_checks(cell, self.resolver)
+            guard.check()
+            summary = evaluate_cell(cell, key, self.resolver, self.store, progress=self.progress, guard=guard)
+            random = _scoring_is_random(cell, self.resolver)
+            flags += checks.outcome_flags(self.store.examples(key), deterministic=not random)
+            self.store.finish_cell(key, summary, flags)
+            self.result.computed.append(key)
+        except Exception as err:  # one broken cell must not stop the grid (DESIGN §5)
+            if isinstance(err, ObjectModified):
+                self.resolver.forget(err.kind, err.spec, str(err))
+            message = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
+            self.store.fail_cell(key, spec, record, self.run_id, self.benchmark, message)
+            self.result.failed[key] = f"{type(err).__name__}: {err}"
+        finally:
+            self.store.release(key, self.owner)
+
+    def wait_for_claim(self, key: str) -> str:
+        """Claim a cell, waiting while another live run holds it: ``'claimed'`` or ``'done'``."""
+        while (claim := self.store.claim(key, self.owner)) == "busy":
+            time.sleep(WAIT_S)
+        return claim
+
+    def await_other(self, cell: Cell, key: str, provenance: dict) -> None:
+        """Wait for a cell another run holds: read its result, take its error, or compute it if that run died."""
+        claim = self.wait_for_claim(key)
+        stored = self.store.cell(key)
+        if claim == "claimed" and stored is not None and stored.status == "error":
+            self.store.release(key, self.owner)
+            self.store.tag(key, self.benchmark)
+            self.result.failed[key] = stored.error.splitlines()[0]
+        else:
+            self.settle(claim, cell, key, provenance)
+
+
+def _scoring_is_random(cell: Cell, resolver: Resolver) -> bool:
+    return cell.setting != "restored" and resolver.defense(cell.defense).stochastic
 
 
 def _labels_by_key(keys: list[tuple[Cell, str]], labels: Mapping[Cell, Sequence[dict]]) -> dict[str, list[dict]]:

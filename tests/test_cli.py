@@ -139,6 +139,7 @@ def test_show_explains_each_flag(tmp_path):
     store, key = _one_cell_store(tmp_path)
     with Store(store) as opened:
         (record,) = opened.find_cells(key)
+        opened._db.execute("UPDATE cells SET status = 'running' WHERE key = ?", (record.key,))  # a done cell stays
         opened.finish_cell(record.key, record.summary, ["zero-gradient"])
     shown = invoke("show", key[:8], "--store", store)
     assert "zero-gradient: " + " ".join(FLAG_DOCS["zero-gradient"].split()[:6]) in " ".join(shown.output.split())
