@@ -124,6 +124,7 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
                 restore_from, n, sample_seed, seed, draws, eot, batch_size, name, store_path, results_dir, data_root,
                 device, progress):
     """Run a registered BENCHMARK (or grid file), or an ad-hoc grid given by options."""
+    from robench.destinations import check_results_folder
     from robench.env import pick_device
     from robench.grid import Benchmark, adhoc_name, expand, load_benchmark
     from robench.report import leaderboard, render_markdown, write_leaderboard
@@ -144,6 +145,7 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
             cells = expand({k: v for k, v in axes.items() if v}, scalars, where="command line")
             grid = Benchmark(name or adhoc_name(cells), "", cells)
         title = grid.name  # a benchmark file may name itself
+        check_results_folder(results_dir, title)
         torch_device = pick_device(device)
         with Store(store_path) as store:
             command = "robench " + " ".join(shlex.quote(a) for a in sys.argv[1:])

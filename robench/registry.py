@@ -18,6 +18,7 @@ from importlib import import_module, metadata, resources
 from pathlib import Path
 from typing import Any
 
+from robench.options import check_options
 from robench.spec import Spec, parse_spec
 
 GROUPS = {
@@ -206,6 +207,7 @@ def _check_options(kind: str, spec: Spec, factory: Any) -> None:
     accepted = options_of(factory)
     unknown = sorted(set(spec.options) - set(accepted)) if accepted is not None else []
     if not unknown:
+        check_options(f"{kind[:-1]} {spec.name}", spec.options, accepted or {})
         return
     hints = []
     for key in unknown:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
+from robench.destinations import leaderboard_folder
 from robench.flags import FLAG_DOCS, derived_flags
 from robench.spec import Spec, format_fraction, parse_spec
 from robench.store import CellRecord, MissingRecord, Store
@@ -206,7 +207,7 @@ def _missing_by_reason(missing: pd.DataFrame, shown: int = 3) -> list[str]:
 def write_leaderboard(store: Store, benchmark: str, out_dir: "str | Path") -> tuple[Path, Path]:
     """Write ``<out_dir>/<benchmark>/leaderboard.csv`` and ``.md`` from the store alone (and ``eps-sweep.png`` for a sweep)."""
     frame = leaderboard(store, benchmark)
-    folder = Path(out_dir) / benchmark
+    folder = leaderboard_folder(out_dir, benchmark)
     folder.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = folder / "leaderboard.csv", folder / "leaderboard.md"
     frame.to_csv(csv_path, index=False, float_format="%.6g")
