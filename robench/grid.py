@@ -109,15 +109,22 @@ def read_grid_file(path: Path) -> dict:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise SpecError(f"grid file {path.name} is not valid YAML: {brief(str(err), 400)}") from None
-    except (ValueError, RecursionError) as err:  # an integer past Python's digit limit; nesting past the stack
-        raise SpecError(f"grid file {path.name} cannot be read: {brief(str(err), 200)}") from None
+        raise SpecError(f"grid file {path.name} is not valid (safe) YAML: {_one_line(err)}") from None
+    except ValueError as err:  # from converting a scalar: an integer past 4300 digits, a date like 2001-13-45
+        raise SpecError(f"grid file {path.name} holds a value that cannot be converted: {_one_line(err)}") from None
+    except RecursionError:
+        raise SpecError(f"grid file {path.name} nests lists or mappings too deeply to read") from None
     if not isinstance(data, dict):
         raise SpecError(f"grid file {path.name} must be a mapping of axes and values, not {type(data).__name__}")
     if _expanded_size(data, MAX_GRID_VALUES) > MAX_GRID_VALUES:
         raise SpecError(f"grid file {path.name} expands to more than {MAX_GRID_VALUES:,} values once its YAML "
                         "aliases (*name) are followed; a grid file is a few axes of a few values each")
     return data
+
+
+def _one_line(err: Exception, limit: int = 300) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _expanded_size(data: object, limit: int) -> int:
