@@ -57,13 +57,13 @@ class Cell:
         if self.setting not in SETTINGS:
             raise SpecError(f"unknown setting {brief(self.setting)}; choose one of {', '.join(SETTINGS)}")
         if self.setting in ("transfer", "surrogate-defense") and not self.sources:
-            raise SpecError(f"setting {self.setting!r} needs at least one source model")
+            raise SpecError(f"setting {brief(self.setting)} needs at least one source model")
         if self.setting not in ("transfer", "surrogate-defense") and self.sources:
-            raise SpecError(f"setting {self.setting!r} takes no source models")
+            raise SpecError(f"setting {brief(self.setting)} takes no source models")
         if (self.setting == "surrogate-defense") != (self.attack_defense is not None):
             raise SpecError("an attacker-side defense is given exactly for the 'surrogate-defense' setting")
         if self.restore_from is not None and self.setting != "restored":
-            raise SpecError(f"restore_from belongs to the 'restored' setting, not {self.setting!r}")
+            raise SpecError(f"restore_from belongs to the 'restored' setting, not {brief(self.setting)}")
         for name, most in LIMITS.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
