@@ -13,8 +13,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import robench
 from robench import registry
 from robench.cli import main
+from robench.errors import ConfigError
 from robench.spec import SpecError, parse_spec
 from tests.hostile import files
 
@@ -169,6 +171,14 @@ def test_a_truncated_checkpoint_is_refused(tmp_path):
     args = [a for a in BASE if a not in ("--model", "tiny")]
     result = run_cli(tmp_path, *args, "--model", f"small-cnn:weights={path}", "--attack", "fgsm")
     assert f"checkpoint '{path}' cannot be loaded safely (weights_only=True)" in result.output
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs", "", "a" * 101])
+def test_the_python_api_refuses_a_benchmark_name_that_is_not_a_folder_name(tmp_path, name):
+    with pytest.raises(ConfigError, match="cannot name a results folder"):
+        robench.evaluate("tiny", attacks="fgsm", dataset="synthetic", eps=6 / 255, n=4, device="cpu",
+                         store=tmp_path / "s.sqlite", name=name)
+    assert not (tmp_path / "s.sqlite").exists()
 
 
 def test_option_types_follow_what_ls_documents():

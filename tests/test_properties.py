@@ -26,8 +26,8 @@ from robench.spec import INT64, Spec, SpecError, parse_spec
 
 FAST = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 CLI_FAST = settings(FAST, max_examples=12)
-CAMPAIGN = settings(FAST, max_examples=2_000)
-CLI_CAMPAIGN = settings(FAST, max_examples=300)
+CAMPAIGN = settings(FAST, max_examples=10_000)
+CLI_CAMPAIGN = settings(FAST, max_examples=1_000)
 SECONDS = 30  # per input: a parse, a grid file or one small ad-hoc run
 MEMORY_MB = 1024  # growth of the process's peak memory over the whole module
 _BASELINE: list[int] = []
