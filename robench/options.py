@@ -17,7 +17,7 @@ import os
 import re
 from typing import Any
 
-from robench.spec import SpecError, brief
+from robench.spec import SpecError, brief, format_value
 
 _ALTERNATIVE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(?:\[(.*)\])?\s*$", re.DOTALL)
 _PLAIN = {
@@ -59,10 +59,19 @@ def check_options(plugin: str, values: dict[str, Any], options: dict[str, inspec
         if not fits(value, expected):
             how = _HOW.get(expected.replace(" | None", ""), "")
             raise SpecError(
-                f"{plugin}: option {key}={brief(value)} is not of type {expected}"
+                f"{plugin}: option {key}={_as_written(value)} is not of type {expected}"
                 + (f" (write {how})" if how else "")
                 + f"; `robench ls` documents the options of {plugin}"
             )
+
+
+def _as_written(value: Any, limit: int = 80) -> str:
+    """The value as a spec would write it (``true``, ``no``, ``1.5``), cut to ``limit`` characters."""
+    try:
+        text = format_value(value)
+    except (TypeError, ValueError):  # not a JSON value: an object passed from Python
+        return brief(value, limit)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def fits(value: Any, expected: str) -> bool:

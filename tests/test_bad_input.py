@@ -41,11 +41,11 @@ def adhoc(*args):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--attack", "pgd:steps=1,targeted=no"], "attack pgd: option targeted='no' is not of type bool (write true or false)"),
-    (["--attack", "pgd:steps=1,random_start=abc"], "option random_start='abc' is not of type bool"),
+    (["--attack", "pgd:steps=1,targeted=no"], "attack pgd: option targeted=no is not of type bool (write true or false)"),
+    (["--attack", "pgd:steps=1,random_start=abc"], "option random_start=abc is not of type bool"),
     (["--attack", "pgd:steps=1.5"], "option steps=1.5 is not of type int"),
-    (["--defense", "jpeg:quality=high"], "option quality='high' is not of type int"),
-    (["--attack", "pgd:step_size=fast"], "option step_size='fast' is not of type float | None"),
+    (["--defense", "jpeg:quality=high"], "option quality=high is not of type int"),
+    (["--attack", "pgd:step_size=fast"], "option step_size=fast is not of type float | None"),
     (["--attack", f"pgd:steps={HUGE}"], "integers in specs lie in [-2**63, 2**63)"),
     (["--attack", f"pgd:step_size={2**64}"], "integer '18446744073709551616' is out of range"),
     (["--eps", HUGE], "is out of range"),
@@ -182,7 +182,7 @@ def test_the_python_api_refuses_a_benchmark_name_that_is_not_a_folder_name(tmp_p
 
 
 def test_option_types_follow_what_ls_documents():
-    with pytest.raises(SpecError, match=r"option targeted='no' is not of type bool"):
+    with pytest.raises(SpecError, match=r"option targeted=no is not of type bool"):
         registry.build("attacks", "pgd:targeted=no")
     attack = registry.build("attacks", "pgd:targeted=true,steps=3,step_size=2/255,restarts=1")
     assert attack.targeted is True and attack.steps == 3
