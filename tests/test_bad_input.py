@@ -223,3 +223,12 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("features, message", [
+    ("bogus", "feature extractor 'bogus': name the layer whose output is F"),
+    ('"bogus:layer=net.layer2"', "unknown model 'bogus'"),
+])
+def test_an_unknown_feature_extractor_fails_when_the_attack_is_built_not_when_it_runs(tmp_path, features, message):
+    result = run_cli(tmp_path, *adhoc("--attack", f"ssp:steps=1,features={features}"))
+    assert message in result.output
