@@ -16,13 +16,15 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from robench.cli import USAGE_ERRORS, main
 from robench.grid import AXES, META, SCALARS, load_benchmark
 from robench.report import wilson_interval
 from robench.spec import INT64, Spec, SpecError, parse_spec
+
+pytest.importorskip("hypothesis", reason="property tests need hypothesis: pip install -e .[dev]")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 FAST = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 CLI_FAST = settings(FAST, max_examples=12)
