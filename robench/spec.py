@@ -36,7 +36,7 @@ class _Brief(reprlib.Repr):
         self.maxstring, self.maxother, self.maxlevel = 60, 60, 3
 
     def repr_int(self, value, level):  # repr() of an int past Python's 4300-digit limit raises
-        return repr(value) if value.bit_length() < 200 else f"<integer of {len(format(value, 'x'))} hex digits>"
+        return repr(value) if value.bit_length() < 200 else f"<integer of about {int(value.bit_length() * 0.30103)} digits>"
 
 
 def brief(value: Any, limit: int = 80) -> str:

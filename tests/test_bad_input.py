@@ -17,7 +17,7 @@ import robench
 from robench import registry
 from robench.cli import main
 from robench.errors import ConfigError
-from robench.spec import SpecError, parse_spec
+from robench.spec import SpecError, brief, parse_spec
 from tests.hostile import files
 
 BASE = ["--dataset", "synthetic", "--model", "tiny", "--defense", "none", "--eps", "6/255", "-n", "4", "--no-progress"]
@@ -232,3 +232,15 @@ def _one_thread():
 def test_an_unknown_feature_extractor_fails_when_the_attack_is_built_not_when_it_runs(tmp_path, features, message):
     result = run_cli(tmp_path, *adhoc("--attack", f"ssp:steps=1,features={features}"))
     assert message in result.output
+
+
+def test_messages_quote_any_value_briefly():
+    shared = ["tiny"] * 9
+    for _ in range(10):  # what a YAML alias bomb builds: 9**10 strings, 10 lists in memory
+        shared = [shared] * 9
+    loop: list = []
+    loop.append(loop)
+    for value in (shared, loop, 10**5000, "x" * 10**6, {"k" * 1000: [1] * 10**5}):
+        began = time.perf_counter()
+        assert len(brief(value)) <= 80 and time.perf_counter() - began < 1
+    assert brief(10**5000) == "<integer of about 5000 digits>"
