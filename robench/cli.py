@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sys
 from importlib import import_module
@@ -19,7 +20,7 @@ from tabulate import tabulate
 
 from robench import registry
 from robench.errors import ConfigError
-from robench.spec import SpecError
+from robench.spec import SpecError, brief
 from robench.store import DEFAULT_RESULTS, Store, store_in
 
 STORE_HELP = f"Result store (default: robench.sqlite in the results folder, {DEFAULT_RESULTS}/)."
@@ -195,6 +196,7 @@ def existing_store(store_path: "str | None", results_dir: "str | Path") -> Path:
 @click.option("--results", "results_dir", type=click.Path(file_okay=False), default=str(DEFAULT_RESULTS), show_default=True)
 def leaderboard_command(benchmarks, store_path, results_dir):
     """Regenerate leaderboards (all benchmarks in the store, or the named ones) from the store alone."""
+    from robench.destinations import check_results_folder
     from robench.report import write_leaderboard
 
     with Store(existing_store(store_path, results_dir)) as store:
@@ -202,6 +204,11 @@ def leaderboard_command(benchmarks, store_path, results_dir):
         unknown = set(names) - set(store.benchmarks())
         if unknown:
             raise click.UsageError(f"no cells stored for {', '.join(sorted(unknown))}; stored: {', '.join(store.benchmarks())}")
+        try:
+            for name in names:
+                check_results_folder(results_dir, name)
+        except ConfigError as err:
+            raise click.UsageError(str(err)) from None
         for name in names:
             csv_path, md_path = write_leaderboard(store, name, results_dir)
             click.echo(f"{name}: {csv_path}, {md_path}")
@@ -217,16 +224,18 @@ def leaderboard_command(benchmarks, store_path, results_dir):
               help="Folder of the paper's table CSVs (default: the copy shipped with PAPER's benchmarks).")
 def report_command(paper, benchmarks, store_path, results_dir, paper_dir):
     """Write PAPER's tables (e.g. dir2023) in the paper's layout, robench's numbers beside the paper's."""
+    from robench.destinations import check_results_folder
     from robench.paper import PaperReportError, paper_entries, paper_folder, write_paper_report
 
     path = existing_store(store_path, results_dir)
     try:
         folder = Path(paper_dir) if paper_dir else paper_folder(paper)
+        check_results_folder(results_dir, paper)
         with Store(path) as store:
             if not paper_entries(store, {p.stem for p in folder.glob("*.csv")}, list(benchmarks) or None):
                 raise click.UsageError(_nothing_to_report(paper, folder, path, benchmarks))
             paths = write_paper_report(store, folder, Path(results_dir) / paper, list(benchmarks) or None)
-    except PaperReportError as err:
+    except (PaperReportError, ConfigError) as err:
         raise click.UsageError(str(err)) from None
     for written in paths:
         click.echo(str(written))
@@ -249,6 +258,9 @@ def show_command(key, store_path, as_json, examples):
     """Show one stored cell (KEY or a unique prefix): spec, accuracies with CI, flags, timing, provenance."""
     from robench.show import render_cell, render_examples
 
+    if not re.fullmatch(r"[0-9a-fA-F]{0,64}", key):
+        raise click.UsageError(f"{brief(key)} is not a cell key: keys are hexadecimal (the key column of a leaderboard)")
+    key = key.lower()
     with Store(existing_store(store_path, DEFAULT_RESULTS)) as store:
         found = store.find_cells(key)
         if not found:

@@ -20,7 +20,7 @@ from tabulate import tabulate
 
 from robench.flags import FLAG_DOCS
 from robench.report import REPRODUCIBILITY, machine_label, wilson_interval
-from robench.spec import parse_spec
+from robench.spec import brief, parse_spec
 from robench.store import CellRecord, Store
 
 TEXT_COLUMNS = ("source",)
@@ -66,12 +66,11 @@ class Entry:
 def paper_folder(paper: str) -> Path:
     """The paper tables shipped with a benchmark sub-package: ``robench/benchmarks/<paper>/paper/``."""
     root = resources.files("robench.benchmarks")
-    folder = root.joinpath(paper, "paper")
-    if not folder.is_dir():
-        known = sorted(p.name for p in root.iterdir() if p.joinpath("paper").is_dir())
-        raise PaperReportError(f"no paper tables for {paper!r}; robench ships them for: {', '.join(known) or 'none'} "
-                               "(or pass --paper-dir DIR)")
-    return Path(str(folder))
+    known = sorted(p.name for p in root.iterdir() if p.joinpath("paper").is_dir())
+    if paper not in known:  # chosen from what exists: a name is never taken as a path
+        raise PaperReportError(f"no paper tables for {brief(paper)}; robench ships them for: "
+                               f"{', '.join(known) or 'none'} (or pass --paper-dir DIR)")
+    return Path(str(root.joinpath(paper, "paper")))
 
 
 def read_paper_tables(folder: "str | Path", row_columns: dict[str, set[str]] | None = None) -> dict[str, PaperTable]:

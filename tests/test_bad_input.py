@@ -244,3 +244,26 @@ def test_messages_quote_any_value_briefly():
         began = time.perf_counter()
         assert len(brief(value)) <= 80 and time.perf_counter() - began < 1
     assert brief(10**5000) == "<integer of about 5000 digits>"
+
+
+@pytest.fixture(scope="module")
+def one_cell_store(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("store")
+    args = ["run", *adhoc(), "--name", "mine", "--store", str(folder / "s.sqlite"), "--results", str(folder / "r")]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    return folder / "s.sqlite"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["show", "%"], "'%' is not a cell key: keys are hexadecimal"),
+    (["show", "_"], "'_' is not a cell key"),
+    (["show", "a" * 100_000], "is not a cell key"),
+    (["leaderboard", "mine", "--results", "/dev/null"], "'/dev/null' is not a folder"),
+    (["report", "x" * 5_000], "no paper tables for 'xxxxxxxx"),
+    (["report", "../benchmarks/dir2023"], "no paper tables for '../benchmarks/dir2023'"),
+])
+def test_read_only_commands_refuse_bad_values(one_cell_store, args, message):
+    result = CliRunner().invoke(main, [*args, "--store", str(one_cell_store)])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert message in result.output and len(result.output) < 3000
