@@ -184,3 +184,44 @@ def test_the_wilson_interval_contains_the_observed_accuracy(count):
     successes, n = count
     low, high = wilson_interval(successes, n)
     assert 0 <= low <= successes / n <= high <= 1
+
+
+# --- the other commands -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def one_cell(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("one-cell")
+    args = ["run", *BASE, "--no-progress", "--name", "mine", "--store", f"{folder}/s.sqlite", "--results", f"{folder}/r"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    return folder
+
+
+words = st.one_of(st.text(max_size=30), st.sampled_from(["mine", "dir2023", "jpeg", "%", "_", "..", "/", "ab" * 40]))
+commands = st.one_of(
+    st.tuples(st.just("ls"), st.sampled_from(["defenses", "attacks", "models", "datasets", "benchmarks", "x"]), words),
+    st.tuples(st.sampled_from(["show", "report", "leaderboard"]), words),
+)
+
+
+def _any_command_answers_or_is_refused(folder, command):
+    args = list(command)
+    if args[0] != "ls":
+        args += ["--store", f"{folder}/s.sqlite"] + (["--results", f"{folder}/out"] if args[0] != "show" else [])
+    began = time.perf_counter()
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code in (0, 2), (args, result.output[-2_000:], repr(result.exception))
+    assert result.exception is None or isinstance(result.exception, SystemExit), (args, repr(result.exception))
+    assert time.perf_counter() - began < SECONDS
+
+
+@FAST
+@given(command=commands)
+def test_any_ls_show_report_or_leaderboard_answers_or_is_refused(one_cell, command):
+    _any_command_answers_or_is_refused(one_cell, command)
+
+
+@pytest.mark.slow
+@CLI_CAMPAIGN
+@given(command=commands)
+def test_other_commands_campaign(one_cell, command):
+    _any_command_answers_or_is_refused(one_cell, command)
