@@ -8,6 +8,7 @@ dozen inputs per property in seconds; ``-m slow`` runs the longer campaign on th
 from __future__ import annotations
 
 import json
+import os
 import resource
 import tempfile
 import time
@@ -148,6 +149,10 @@ OPTIONS = {
     "--model": st.sampled_from(["tiny:num_classes=3", "tiny:size=0", "tiny:channels=true"]) | spec_texts,
     "--dataset": st.sampled_from(["synthetic:size=3", "synthetic:size=-1", "synthetic:num_classes=3"]) | spec_texts,
     "--results": st.sampled_from(["/dev/null", "r/sub", "file"]),
+    "--data-root": st.sampled_from(["/dev/null", "", "missing"]),
+    "--source": st.sampled_from(["tiny", "tiny:num_classes=3"]) | spec_texts,
+    "--attack-defense": st.sampled_from(["jpeg", "bit-depth:bits=4"]) | spec_texts,
+    "--restore-from": st.sampled_from(["fgsm", "pgd:steps=1"]) | spec_texts,
 }
 cli_options = st.lists(st.sampled_from(sorted(OPTIONS)).flatmap(lambda o: st.tuples(st.just(o), OPTIONS[o])),
                        max_size=3)
@@ -160,7 +165,7 @@ def _any_options_run_or_are_refused(options):
         for option, value in options:
             args += [option, f"{folder}/{value}" if option == "--results" and not value.startswith("/") else value]
         began = time.perf_counter()
-        result = CliRunner().invoke(main, args)
+        result = CliRunner().invoke(main, args, env={"ROBENCH_DATA": os.environ.get("ROBENCH_DATA")})  # --data-root sets it
         assert result.exit_code in (0, 2), (args, result.output[-2_000:], repr(result.exception))
         assert result.exception is None or isinstance(result.exception, SystemExit), (args, repr(result.exception))
         assert "Traceback" not in result.output and len(result.output) < 20_000
