@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ import robench
 from robench import registry
 from robench.cli import main
 from robench.errors import ConfigError
+from robench.options import fits
 from robench.spec import SpecError, brief, parse_spec
 from tests.hostile import files
 
@@ -267,3 +269,21 @@ def test_read_only_commands_refuse_bad_values(one_cell_store, args, message):
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert message in result.output and len(result.output) < 3000
+
+
+@pytest.mark.parametrize("expected, good, bad", [
+    ("bool", [True, False], ["no", 1, None]),
+    ("int", [0, -3], [1.5, True, "1"]),
+    ("float", [0.5, 2, 8 / 255], [True, "fast", None]),
+    ("int | None", [None, 4], [4.0, "x"]),
+    ("str | Path | None", ["w.pt", Path("w.pt"), None], [3, [1]]),
+    ("Optional[float]", [None, 1.0], ["x"]),
+    ("Union[int, str]", [1, "a"], [1.5]),
+    ("Literal['true', 'pred']", ["true", "pred"], ["false", True]),
+    ("list[str]", [["a"], []], ["a", {}]),
+    ("nn.Module", ["anything", 1, None], []),
+    ("", ["anything"], []),
+])
+def test_option_types_are_read_from_the_annotation_text(expected, good, bad):
+    assert all(fits(value, expected) for value in good)
+    assert not any(fits(value, expected) for value in bad)

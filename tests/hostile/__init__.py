@@ -1,1 +1,0 @@
-"""Hostile input in one place: files (:mod:`tests.hostile.files`) and plugins that misbehave."""
