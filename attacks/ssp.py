@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robench.attack import Attack
-from robench.features import VGG16, feature_extractor
+from robench.features import VGG16, check_features, feature_extractor
 from robench.hyper import check_positive, check_positive_int
 from robench.pgd_kernel import ascend
 from robench.threat import ThreatModel
@@ -34,7 +34,7 @@ class SSP(Attack):
         check_positive("step_size", step_size)
         self.steps = steps
         self.step_size = step_size
-        self.features_spec = str(features)
+        self.features_spec = str(check_features(features))
         self._features: nn.Module | None = None
 
     def features(self, device: torch.device) -> nn.Module:

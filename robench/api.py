@@ -17,6 +17,7 @@ import pandas as pd
 from torch import nn
 
 from robench.defense import Defense
+from robench.destinations import check_benchmark_name
 from robench.env import pick_device
 from robench.errors import ConfigError
 from robench.grid import adhoc_name, expand
@@ -79,7 +80,7 @@ def evaluate(
     }
     parts.check_declarations_used()
     cells = expand(arguments, {}, where="robench.evaluate")
-    benchmark = name or adhoc_name(cells)
+    benchmark = check_benchmark_name(name) if name is not None else adhoc_name(cells)
     torch_device = pick_device(device)
     command = "robench.evaluate(" + ", ".join(f"{k}={v!r}" for k, v in arguments.items()) + ")"
     with _opened(store) as opened:

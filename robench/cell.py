@@ -6,10 +6,14 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 
-from robench.spec import Spec, SpecError, parse_spec
+from robench.spec import Spec, SpecError, brief, parse_spec
 from robench.threat import ThreatModel
 
 SETTINGS = ("adaptive", "oblivious", "transfer", "surrogate-defense", "restored")
+# Documented upper bounds (README, Reliability): far above any paper's grid, low enough that a typo
+# fails at once instead of allocating without end.
+LIMITS = {"n": 10_000_000, "draws": 10_000, "eot": 10_000, "batch_size": 65_536}
+SEED_LIMIT = 2**63  # seeds are int64 for torch and numpy
 
 
 @dataclass(frozen=True)
@@ -51,19 +55,25 @@ class Cell:
         if self.restore_from is not None:
             object.__setattr__(self, "restore_from", parse_spec(self.restore_from))
         if self.setting not in SETTINGS:
-            raise SpecError(f"unknown setting {self.setting!r}; choose one of {', '.join(SETTINGS)}")
+            raise SpecError(f"unknown setting {brief(self.setting)}; choose one of {', '.join(SETTINGS)}")
         if self.setting in ("transfer", "surrogate-defense") and not self.sources:
-            raise SpecError(f"setting {self.setting!r} needs at least one source model")
+            raise SpecError(f"setting {brief(self.setting)} needs at least one source model")
         if self.setting not in ("transfer", "surrogate-defense") and self.sources:
-            raise SpecError(f"setting {self.setting!r} takes no source models")
+            raise SpecError(f"setting {brief(self.setting)} takes no source models")
         if (self.setting == "surrogate-defense") != (self.attack_defense is not None):
             raise SpecError("an attacker-side defense is given exactly for the 'surrogate-defense' setting")
         if self.restore_from is not None and self.setting != "restored":
-            raise SpecError(f"restore_from belongs to the 'restored' setting, not {self.setting!r}")
-        for name in ("n", "draws", "eot", "batch_size"):
+            raise SpecError(f"restore_from belongs to the 'restored' setting, not {brief(self.setting)}")
+        for name, most in LIMITS.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SpecError(f"{name} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+                raise SpecError(f"{name} must be a positive integer (at most {most:,}), got {brief(value)}")
+        for name in ("seed", "sample_seed"):
+            value = getattr(self, name)
+            if value is None and name == "sample_seed":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < SEED_LIMIT:
+                raise SpecError(f"{name} must be an integer in [0, 2**63), got {brief(value)}")
 
     def to_json(self) -> dict:
         """Canonical JSON form (specs as strings, eps as a float); ``restore_from`` only in its setting."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sqlite3
 import sys
@@ -20,7 +21,7 @@ from tabulate import tabulate
 
 from robench import registry
 from robench.errors import ConfigError
-from robench.spec import SpecError
+from robench.spec import SpecError, brief
 from robench.store import DEFAULT_RESULTS, Store, StoreError, store_in
 
 STORE_HELP = f"Result store (default: robench.sqlite in the results folder, {DEFAULT_RESULTS}/)."
@@ -134,6 +135,7 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
                 restore_from, n, sample_seed, seed, draws, eot, batch_size, name, store_path, results_dir, data_root,
                 device, progress):
     """Run a registered BENCHMARK (or grid file), or an ad-hoc grid given by options."""
+    from robench.destinations import check_results_folder
     from robench.env import pick_device
     from robench.grid import Benchmark, adhoc_name, expand, load_benchmark
     from robench.render.term import render_term
@@ -155,6 +157,7 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
             cells = expand({k: v for k, v in axes.items() if v}, scalars, where="command line")
             grid = Benchmark(name or adhoc_name(cells), "", cells)
         title = grid.name  # a benchmark file may name itself
+        check_results_folder(results_dir, title)
         torch_device = pick_device(device)
         with Store(store_path) as store:
             command = "robench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -210,11 +213,17 @@ def leaderboard_command(benchmarks, store_path, results_dir, fmt, view, width):
 
     Writes RESULTS/<benchmark>/leaderboard.csv, .md and figures (PNG and SVG) for each benchmark.
     """
+    from robench.destinations import check_results_folder
     from robench.render import render
     from robench.report import leaderboard, leaderboard_document, pivot_only, write_leaderboard
 
     with existing_store(store_path, results_dir) as store:
         names = _stored(store, benchmarks)
+        try:
+            for name in names:
+                check_results_folder(results_dir, name)
+        except ConfigError as err:
+            raise click.UsageError(str(err)) from None
         for name in names:
             written = write_leaderboard(store, name, results_dir)
             if fmt == "html":
@@ -274,15 +283,17 @@ def _plots_note() -> None:
               help="Folder of the paper's table CSVs (default: the copy shipped with PAPER's benchmarks).")
 def report_command(paper, benchmarks, store_path, results_dir, paper_dir):
     """Write PAPER's tables (e.g. dir2023) in the paper's layout, robench's numbers beside the paper's."""
+    from robench.destinations import check_results_folder
     from robench.paper import PaperReportError, paper_entries, paper_folder, write_paper_report
 
     try:
         folder = Path(paper_dir) if paper_dir else paper_folder(paper)
+        check_results_folder(results_dir, paper)
         with existing_store(store_path, results_dir) as store:
             if not paper_entries(store, {p.stem for p in folder.glob("*.csv")}, list(benchmarks) or None):
                 raise click.UsageError(_nothing_to_report(paper, folder, store.path, benchmarks))
             paths = write_paper_report(store, folder, Path(results_dir) / paper, list(benchmarks) or None)
-    except PaperReportError as err:
+    except (PaperReportError, ConfigError) as err:
         raise click.UsageError(str(err)) from None
     for written in paths:
         click.echo(str(written))
@@ -305,6 +316,9 @@ def show_command(key, store_path, as_json, examples):
     """Show one stored cell (KEY or a unique prefix): spec, accuracies with CI, flags, timing, provenance."""
     from robench.show import render_cell, render_examples
 
+    if not re.fullmatch(r"[0-9a-fA-F]{0,64}", key):
+        raise click.UsageError(f"{brief(key)} is not a cell key: keys are hexadecimal (the key column of a leaderboard)")
+    key = key.lower()
     with existing_store(store_path, DEFAULT_RESULTS) as store:
         found = store.find_cells(key)
         if not found:

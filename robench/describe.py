@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from robench import registry
+from robench.options import annotation_text
 from robench.spec import format_value
 
 # class attributes a plugin of each kind declares (STYLE 8), with what each means
@@ -105,7 +106,7 @@ def options_table(obj: Any) -> str | None:
         return None
     docs = _option_docs(obj)
     rows = [
-        [name, _annotation(p), "(required)" if p.default is p.empty else format_value(p.default), docs.get(name, "")]
+        [name, annotation_text(p), "(required)" if p.default is p.empty else format_value(p.default), docs.get(name, "")]
         for name, p in options.items()
     ]
     return _table(rows, (None, 20, 20, 60)) if rows else ""
@@ -320,14 +321,6 @@ def _benchmark_description(path: Path) -> str:
 
     data = yaml.safe_load(path.read_text())
     return str(data.get("description", "")) if isinstance(data, dict) else ""
-
-
-def _annotation(parameter: inspect.Parameter) -> str:
-    annotation = parameter.annotation
-    if annotation is parameter.empty:
-        return "" if parameter.default in (parameter.empty, None) else type(parameter.default).__name__
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    return text.strip("'\"")
 
 
 def _plain(value: Any) -> str:

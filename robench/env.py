@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from robench.errors import ConfigError
+from robench.spec import brief
 
 DATA_ENV = "ROBENCH_DATA"
 OFFLINE_ENV = "ROBENCH_OFFLINE"
@@ -37,12 +38,20 @@ def offline() -> bool:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    """``auto`` -> CUDA when available, else CPU; anything but ``cpu``, ``cuda`` or a present ``cuda:N`` is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {brief(name)} is not a device robench runs on; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu or auto")
-    return torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA devices (cuda:0, ...)")
+    return device
 
 
 def batch_seed(seed: int, batch: int) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robench.spec import Spec, SpecError, parse_spec
+from robench.spec import Spec, SpecError, brief, parse_spec
 
 VGG16 = "vgg16"
 VGG16_RELU3_3 = 16  # torchvision vgg16().features[:16] ends at relu3_3
@@ -22,23 +22,35 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def feature_extractor(spec: "str | Spec") -> nn.Module:
-    """Build the frozen, eval-mode F a spec names (see the module docstring)."""
+def check_features(spec: "str | Spec") -> Spec:
+    """The parsed spec of F, checked without building it: ``vgg16`` with its options, or a registered model with a layer."""
     spec = parse_spec(spec)
     options = spec.options
     if spec.name == VGG16:
         unknown = set(options) - {"weights", "pretrained"}
         if unknown:
             raise SpecError(f"feature extractor {VGG16} takes weights=PATH or pretrained=false; got {sorted(unknown)}")
+        return spec
+    if "layer" not in options:
+        raise SpecError(
+            f"feature extractor {brief(str(spec))}: name the layer whose output is F, e.g. "
+            f"{spec.name}:layer=net.layer2 (or use {VGG16})"
+        )
+    from robench import registry  # the model registry imports model code; keep this module light
+
+    registry.info("models", spec.name)  # an unknown name fails here, with close matches
+    return spec
+
+
+def feature_extractor(spec: "str | Spec") -> nn.Module:
+    """Build the frozen, eval-mode F a spec names (see the module docstring)."""
+    spec = check_features(spec)
+    options = spec.options
+    if spec.name == VGG16:
         net: nn.Module = VGGRelu33(weights=options.get("weights"), pretrained=options.get("pretrained", True))
     else:
-        layer = options.pop("layer", None)
-        if layer is None:
-            raise SpecError(
-                f"feature extractor {str(spec)!r}: name the layer whose output is F, e.g. "
-                f"{spec.name}:layer=net.layer2 (or use {VGG16})"
-            )
-        from robench import registry  # the model registry imports model code; keep this module light
+        layer = options.pop("layer")
+        from robench import registry
 
         net = LayerFeatures(registry.build("models", Spec.of(spec.name, **options)), str(layer))
     return net.eval().requires_grad_(False)

@@ -13,6 +13,10 @@ the top-level values, for tables whose parts use different settings::
     norm: Linf
     eps: [8/255]
 
+Grid files are untrusted input: at most :data:`MAX_GRID_BYTES` of UTF-8 YAML (safe tags only),
+expanding to at most :data:`MAX_GRID_VALUES` values once aliases are followed (an alias bomb is
+refused, not expanded) and to at most :data:`MAX_CELLS` cells.
+
 A benchmark that reproduces a paper may also declare ``pending`` plugins and ``checkpoints``
 (path -> how to produce it) whose absence makes a cell *missing* rather than an error
 (:mod:`robench.missing`), and give blocks ``paper`` labels (:mod:`robench.labels`).
@@ -31,9 +35,10 @@ import yaml
 
 from robench import registry
 from robench.cell import Cell
+from robench.destinations import check_benchmark_name
 from robench.labels import Labeller
 from robench.missing import Expected
-from robench.spec import SpecError, parse_eps, parse_spec
+from robench.spec import SpecError, brief, parse_eps, parse_spec
 from robench.threat import ThreatModel
 
 AXES = ("models", "defenses", "attacks", "settings", "eps")
@@ -43,6 +48,9 @@ SCALARS = {
     "restore_from": (str, type(None)),
 }
 META = ("name", "description", "grids", "paper", "pending", "checkpoints")
+MAX_GRID_BYTES = 1_000_000
+MAX_GRID_VALUES = 100_000
+MAX_CELLS = 100_000
 DEFAULTS = {"settings": ["adaptive"], "split": "test", "n": 64, "sample_seed": None, "seed": 0, "draws": 10, "eot": 10,
             "batch_size": 64, "norm": "Linf", "sources": [], "attack_defense": None,
             "restore_from": None}
@@ -57,6 +65,9 @@ class Benchmark:
     cells: tuple[Cell, ...]
     labels: Mapping[Cell, tuple[dict, ...]] = field(default_factory=dict)
     expected: Expected = field(default_factory=Expected)
+
+    def __post_init__(self):
+        check_benchmark_name(self.name)
 
 
 def adhoc_name(cells: "tuple[Cell, ...] | list[Cell]") -> str:
@@ -76,16 +87,58 @@ def load_benchmark(name_or_path: str, overrides: dict[str, Any] | None = None) -
                             "path of a grid .yaml file or a registered benchmark name (`robench ls benchmarks`)")
     else:
         path = registry.benchmark_path(name_or_path)
-    with open(path) as handle:
-        try:
-            data = yaml.safe_load(handle)
-        except yaml.YAMLError as err:
-            raise SpecError(f"grid file {path.name} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"grid file {path.name} must be a mapping of axes and values")
-    name = data.get("name", path.stem)
+    data = read_grid_file(path)
+    name = check_benchmark_name(data.get("name", path.stem), where=f"grid file {path.name}: name")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise SpecError(f"grid file {path.name}: description must be text, got {brief(description)}")
     cells, labels = expand_labelled(data, overrides or {}, where=path.name)
-    return Benchmark(name, data.get("description", ""), cells, labels, Expected.from_grid(data, where=path.name))
+    return Benchmark(name, description, cells, labels, Expected.from_grid(data, where=path.name))
+
+
+def read_grid_file(path: Path) -> dict:
+    """The mapping in a grid file, refused with a clear error when it is too big, not UTF-8 or not safe YAML."""
+    if path.stat().st_size > MAX_GRID_BYTES:
+        raise SpecError(f"grid file {path.name} is {path.stat().st_size:,} bytes; grid files hold at most "
+                        f"{MAX_GRID_BYTES:,}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(f"grid file {path.name} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                        f"{err.start}); save it as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SpecError(f"grid file {path.name} is not valid (safe) YAML: {_one_line(err)}") from None
+    except ValueError as err:  # from converting a scalar: an integer past 4300 digits, a date like 2001-13-45
+        raise SpecError(f"grid file {path.name} holds a value that cannot be converted: {_one_line(err)}") from None
+    except RecursionError:
+        raise SpecError(f"grid file {path.name} nests lists or mappings too deeply to read") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"grid file {path.name} must be a mapping of axes and values, not {type(data).__name__}")
+    if _expanded_size(data, MAX_GRID_VALUES) > MAX_GRID_VALUES:
+        raise SpecError(f"grid file {path.name} expands to more than {MAX_GRID_VALUES:,} values once its YAML "
+                        "aliases (*name) are followed; a grid file is a few axes of a few values each")
+    return data
+
+
+def _one_line(err: Exception, limit: int = 300) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _expanded_size(data: object, limit: int) -> int:
+    """How many values ``data`` holds, shared (aliased) parts counted each time they appear; stops past ``limit``."""
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        value = stack.pop()
+        count += 1
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return count
 
 
 def expand(data: dict, overrides: dict[str, Any], *, where: str = "grid") -> tuple[Cell, ...]:
@@ -99,15 +152,18 @@ def expand_labelled(
     """Expand a grid mapping into cells and their paper labels (dropped when an axis is overridden)."""
     unknown = set(data) - set(AXES) - set(SCALARS) - set(META)
     if unknown:
-        raise SpecError(f"{where}: unknown keys {sorted(unknown)}; allowed: {', '.join([*AXES, *SCALARS, *META])}")
+        raise SpecError(f"{where}: unknown keys {brief(sorted(map(str, unknown)), 200)}; "
+                        f"allowed: {', '.join([*AXES, *SCALARS, *META])}")
     base = {k: v for k, v in data.items() if k != "grids"}
     blocks = data.get("grids") or [{}]
+    if not isinstance(blocks, list):
+        raise SpecError(f"{where}: grids must be a list of blocks (mappings), got {brief(blocks)}")
     given = {k: v for k, v in overrides.items() if v is not None}
     labels: dict[Cell, list[dict]] = {}
     for i, block in enumerate(blocks):
         here = f"{where}" + (f", grids[{i}]" if "grids" in data else "")
         if not isinstance(block, dict) or set(block) - {*AXES, *SCALARS, "paper"}:
-            raise SpecError(f"{here}: a block may set {', '.join([*AXES, *SCALARS, 'paper'])}; got {block!r}")
+            raise SpecError(f"{here}: a block may set {', '.join([*AXES, *SCALARS, 'paper'])}; got {brief(block)}")
         merged = {**DEFAULTS, **base, **block, **given}
         if set(given) & set(AXES):
             merged["paper"] = None
@@ -124,8 +180,18 @@ def _expand_block(block: dict, *, where: str) -> list[tuple[Cell, dict | None]]:
         raise SpecError(f"{where}: missing {', '.join(missing)}")
     for key, kinds in SCALARS.items():
         if key in block and not isinstance(block[key], kinds):
-            raise SpecError(f"{where}: {key} = {block[key]!r} has the wrong type")
+            raise SpecError(f"{where}: {key} = {brief(block[key])} has the wrong type")
     axes = {axis: block[axis] if isinstance(block[axis], list) else [block[axis]] for axis in AXES}
+    for axis, values in axes.items():
+        wrong = [v for v in values if not isinstance(v, str) and not (axis == "eps" and isinstance(v, (int, float)))]
+        if wrong:
+            raise SpecError(f"{where}: {axis} holds {brief(wrong[0])}; each entry is a spec string such as jpeg:quality=75")
+    size = 1
+    for values in axes.values():
+        size *= len(values)
+    if size > MAX_CELLS:
+        raise SpecError(f"{where}: {' x '.join(str(len(v)) for v in axes.values())} = {size:,} cells; a grid holds "
+                        f"at most {MAX_CELLS:,}")
     threats = [ThreatModel(block["norm"], parse_eps(str(e), norm=block["norm"])) for e in axes["eps"]]
     labeller = Labeller(block["paper"], axes, norm=block["norm"], where=where) if block.get("paper") else None
     cells = []

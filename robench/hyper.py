@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 
-def check_positive_int(name: str, value) -> None:
-    """Raise ValueError unless ``value`` is an integer >= 1 (booleans refused)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+MAX_COUNT = 10_000_000  # steps, restarts, samples...: a documented bound, so a typo fails instead of running for ever
+
+
+def check_positive_int(name: str, value, *, most: int = MAX_COUNT) -> None:
+    """Raise ValueError unless ``value`` is an integer in [1, ``most``] (booleans refused)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+        raise ValueError(f"{name} must be a positive integer (at most {most:,}), got {value!r}")
 
 
 def check_positive(name: str, value, *, optional: bool = False) -> None:

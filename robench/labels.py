@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from robench.spec import SpecError, parse_eps, parse_spec
+from robench.spec import SpecError, brief, parse_eps, parse_spec
 
 AXES = ("models", "defenses", "attacks", "settings", "eps")
 COLUMNS = ("robust", "clean")
@@ -37,7 +37,7 @@ class Labeller:
             raise SpecError(f"{where} must be a mapping with table, row, {', '.join(COLUMNS)} and per-axis labels")
         unknown = set(paper) - {"table", "row", *COLUMNS, *AXES}
         if unknown:
-            raise SpecError(f"{where} has unknown keys {sorted(unknown)}; allowed: table, row, {', '.join(COLUMNS)}, "
+            raise SpecError(f"{where} has unknown keys {brief(sorted(map(str, unknown)))}; allowed: table, row, {', '.join(COLUMNS)}, "
                             f"{', '.join(AXES)}")
         if not isinstance(paper.get("table"), str):
             raise SpecError(f"{where}.table must name a paper table (a CSV file stem)")
@@ -53,11 +53,11 @@ class Labeller:
             for key, entry in paper[axis].items():
                 hits = [i for i, value in enumerate(axes[axis]) if _matches(axis, key, value, norm)]
                 if not hits:
-                    raise SpecError(f"{where}.{axis} labels {key!r}, which is not in this block's {axis}: {axes[axis]}")
+                    raise SpecError(f"{where}.{axis} labels {brief(key)}, which is not in this block's {axis}: {brief(axes[axis], 200)}")
                 for i in hits:
                     if i in matched:
-                        raise SpecError(f"{where}.{axis}: {axes[axis][i]!r} is labelled twice")
-                    matched[i] = _entry(entry, f"{where}.{axis}[{key!r}]")
+                        raise SpecError(f"{where}.{axis}: {brief(axes[axis][i])} is labelled twice")
+                    matched[i] = _entry(entry, f"{where}.{axis}[{brief(key)}]")
             self.by_axis[axis] = matched
 
     def __call__(self, index: Mapping[str, int]) -> dict | None:
@@ -82,10 +82,10 @@ def _entry(entry: Any, where: str) -> dict:
             out["row"] = {str(k): str(v) for k, v in value.items()}
         elif key in COLUMNS:
             if not isinstance(value, str):
-                raise SpecError(f"{where}.{key} must name a paper column, got {value!r}")
+                raise SpecError(f"{where}.{key} must name a paper column, got {brief(value)}")
             out[key] = value
         else:
-            raise SpecError(f"{where} has unknown key {key!r}; allowed: row, {', '.join(COLUMNS)}")
+            raise SpecError(f"{where} has unknown key {brief(key)}; allowed: row, {', '.join(COLUMNS)}")
     return out
 
 

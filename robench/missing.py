@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from robench import registry
 from robench.cell import Cell
-from robench.spec import Spec, SpecError, parse_spec
+from robench.spec import Spec, SpecError, brief, parse_spec
 
 KINDS = ("defenses", "attacks", "models", "datasets")
 
@@ -39,7 +39,7 @@ class Expected:
             raise SpecError(f"{where}: pending must map some of {', '.join(KINDS)} to lists of plugin names")
         for kind, names in pending.items():
             if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-                raise SpecError(f"{where}: pending.{kind} must be a list of plugin names, got {names!r}")
+                raise SpecError(f"{where}: pending.{kind} must be a list of plugin names, got {brief(names)}")
         checkpoints = data.get("checkpoints") or {}
         if not isinstance(checkpoints, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in checkpoints.items()

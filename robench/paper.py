@@ -19,7 +19,7 @@ import pandas as pd
 from robench.document import REPRODUCIBILITY, Document, Item, Table, flag_notes, joined, marks_of, provenance
 from robench.render.markdown import render_markdown
 from robench.report import machine_label, wilson_interval
-from robench.spec import parse_spec
+from robench.spec import brief, parse_spec
 from robench.store import CellRecord, Store
 
 TEXT_COLUMNS = ("source",)
@@ -65,12 +65,11 @@ class Entry:
 def paper_folder(paper: str) -> Path:
     """The paper tables shipped with a benchmark sub-package: ``robench/benchmarks/<paper>/paper/``."""
     root = resources.files("robench.benchmarks")
-    folder = root.joinpath(paper, "paper")
-    if not folder.is_dir():
-        known = sorted(p.name for p in root.iterdir() if p.joinpath("paper").is_dir())
-        raise PaperReportError(f"no paper tables for {paper!r}; robench ships them for: {', '.join(known) or 'none'} "
-                               "(or pass --paper-dir DIR)")
-    return Path(str(folder))
+    known = sorted(p.name for p in root.iterdir() if p.joinpath("paper").is_dir())
+    if paper not in known:  # chosen from what exists: a name is never taken as a path
+        raise PaperReportError(f"no paper tables for {brief(paper)}; robench ships them for: "
+                               f"{', '.join(known) or 'none'} (or pass --paper-dir DIR)")
+    return Path(str(root.joinpath(paper, "paper")))
 
 
 def shipped_papers() -> dict[str, Path]:

@@ -18,7 +18,8 @@ from importlib import import_module, metadata, resources
 from pathlib import Path
 from typing import Any
 
-from robench.spec import Spec, parse_spec
+from robench.options import check_options
+from robench.spec import Spec, brief, parse_spec
 
 GROUPS = {
     "defenses": "robench.defenses",
@@ -100,7 +101,7 @@ def info(kind: str, name: str) -> PluginInfo:
         close = difflib.get_close_matches(name, list(plugins), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise PluginError(
-            f"unknown {kind[:-1]} {name!r}{hint} (`robench ls {kind}` lists all {len(plugins)})"
+            f"unknown {kind[:-1]} {brief(name)}{hint} (`robench ls {kind}` lists all {len(plugins)})"
         )
     return plugins[name]
 
@@ -141,7 +142,7 @@ def build(kind: str, spec: "str | Spec") -> Any:
     try:
         return factory(**spec.options)
     except TypeError as err:
-        raise PluginError(f"cannot build {kind[:-1]} {str(spec)!r}: {err}") from err
+        raise PluginError(f"cannot build {kind[:-1]} {brief(str(spec))}: {err}") from err
 
 
 def options_of(factory: Any) -> dict[str, inspect.Parameter] | None:
@@ -206,14 +207,15 @@ def _check_options(kind: str, spec: Spec, factory: Any) -> None:
     accepted = options_of(factory)
     unknown = sorted(set(spec.options) - set(accepted)) if accepted is not None else []
     if not unknown:
+        check_options(f"{kind[:-1]} {spec.name}", spec.options, accepted or {})
         return
     hints = []
     for key in unknown:
         close = difflib.get_close_matches(key, list(accepted), n=1, cutoff=0.5)
-        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        hints.append(brief(key) + (f" (did you mean {close[0]!r}?)" if close else ""))
     valid = ", ".join(accepted) or "none"
     raise PluginError(
-        f"cannot build {kind[:-1]} {str(spec)!r}: {spec.name} has no option {', '.join(hints)}; "
+        f"cannot build {kind[:-1]} {brief(str(spec))}: {spec.name} has no option {', '.join(hints)}; "
         f"its options: {valid} (`robench ls {kind} {spec.name}` documents them)"
     )
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from robench.destinations import leaderboard_folder
 from robench.document import REPRODUCIBILITY, Document, Item, Table, flag_notes, marks_of, provenance
 from robench.flags import derived_flags
 from robench.pivot import WORST_CASE, pivot_tables
@@ -37,7 +38,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    return (max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half)))  # contains p despite rounding
 
 
 def leaderboard(store: Store, benchmark: str) -> pd.DataFrame:
@@ -241,7 +242,7 @@ def write_leaderboard(store: Store, benchmark: str, out_dir: "str | Path") -> tu
     from robench.render.markdown import render_markdown as markdown
 
     frame = leaderboard(store, benchmark)
-    folder = Path(out_dir) / benchmark
+    folder = leaderboard_folder(out_dir, benchmark)
     folder.mkdir(parents=True, exist_ok=True)
     document = leaderboard_document(frame, title=f"robench leaderboard: {benchmark}", commands=store.commands(benchmark))
     csv_path, md_path = folder / "leaderboard.csv", folder / "leaderboard.md"

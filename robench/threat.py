@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robench.spec import SpecError, format_fraction, parse_eps
+from robench.spec import SpecError, brief, format_fraction, parse_eps
 
 NORMS = ("Linf", "L2")
 # Float32 rounding of x + delta on [0, 1] images is at most a few ulp of 1 (1.2e-7) per pixel: a
@@ -20,7 +20,7 @@ def canonical_norm(norm: str) -> str:
     """A norm's canonical spelling (``linf`` -> ``Linf``, ``l2`` -> ``L2``); unknown norms raise :class:`SpecError`."""
     found = {n.lower(): n for n in NORMS}.get(str(norm).strip().lower())
     if found is None:
-        raise SpecError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+        raise SpecError(f"unknown norm {brief(norm)}; choose one of {', '.join(NORMS)}")
     return found
 
 
@@ -41,7 +41,7 @@ class ThreatModel:
         object.__setattr__(self, "eps", parse_eps(self.eps, norm=self.norm))
         lo, hi = self.bounds
         if not lo < hi:
-            raise SpecError(f"bounds {self.bounds!r} must be (low, high) with low < high")
+            raise SpecError(f"bounds {brief(self.bounds)} must be (low, high) with low < high")
         object.__setattr__(self, "bounds", (float(lo), float(hi)))
 
     def __str__(self) -> str:

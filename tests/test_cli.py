@@ -147,9 +147,9 @@ def test_show_explains_each_flag(tmp_path):
 
 def test_show_of_an_unknown_or_ambiguous_key(tmp_path):
     store, _ = _one_cell_store(tmp_path, "--defense", "bit-depth:bits=4")
-    unknown = invoke("show", "zzzz", "--store", store)
+    unknown = invoke("show", "00000000", "--store", store)
     assert unknown.exit_code == 2
-    assert "no stored cell has a key starting with 'zzzz'" in unknown.output and "longer" not in unknown.output
+    assert "no stored cell has a key starting with '00000000'" in unknown.output and "longer" not in unknown.output
     several = invoke("show", "", "--store", store)
     assert several.exit_code == 2 and "2 cells have keys starting with ''" in several.output
     assert "give a longer key prefix" in several.output

@@ -248,7 +248,7 @@ def test_an_official_file_with_wrong_shapes_is_named(tmp_path, edit, mentions):
 @pytest.mark.parametrize("spec, error, mentions", [
     ("comdefend:sigma=-1", ValueError, "sigma must be a number >= 0"),
     ("comdefend:tile=-1", ValueError, "tile must be a tile side"),
-    ("comdefend:tile=1.5", ValueError, "tile must be a tile side"),
+    ("comdefend:tile=1.5", ValueError, "option tile=1.5 is not of type int"),
     ("comdefend:in_channels=0", ValueError, "in_channels must be None"),
     ("comdefend:decoder=dec.npy", ValueError, "give ComCNN's as weights=PATH"),
     ("comdefend:weights=missing.npy", CheckpointError, "does not exist"),

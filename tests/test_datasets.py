@@ -178,7 +178,7 @@ def test_imagenet_val_path_option_and_missing_tree(root, timm):
     ("imagenet-val:size=0", "size must be a positive integer"),
     ("imagenet-val:crop_pct=1.5", "crop_pct must be in"),
     ("imagenet-val:interpolation=nearest", "interpolation must be one of"),
-    ("nips17-dev:size=224.5", "size must be a positive integer"),
+    ("nips17-dev:size=224.5", "option size=224.5 is not of type int"),
 ])
 def test_bad_preprocessing_options_are_named(spec, error):
     with pytest.raises(ValueError, match=error):
