@@ -15,8 +15,10 @@ In one process, on the same device, with one untimed warm-up and the median of `
     losses and every network's Adam update) with F = ``vgg16:pretrained=false`` (VGG-16 relu3_3's
     cost, no download), and one ``robench train hgd`` step at 32x32 as DIR retrains HGD (PGD-5
     against ``resnet18-standard``, FGD on its last feature map, the DUNET's Adam update) and one
-    ``robench train sr`` step (EDSR baseline x2 on 16 -> 32 pixel bicubic pairs, L1, Adam), in
-    classifier attack steps.
+    ``robench train sr`` step (EDSR baseline x2 on 16 -> 32 pixel bicubic pairs, L1, Adam), and
+    one ``robench train jatp`` and ``robench train dir`` step in front of ``resnet18-standard``
+    (paper-size networks), in classifier attack steps; then each training step's time per image
+    relative to DIR's, the comparison of DIR's Table 4 (training time per epoch).
 
 A measurement, not a test: the exit code is 0 unless something raises.
 
@@ -51,7 +53,10 @@ TRAINING_STEPS = [
     ("nrp", f"nrp:{SSP}", "nrp", None, "SSP 10 steps, every network's Adam update"),
     ("hgd", "hgd:attack=pgd", "hgd:input_size=32", "resnet18-standard", "PGD-5 on the target, FGD, Adam update"),
     ("sr", "sr:patch=32", "sr", None, "16 -> 32 pixel bicubic pairs, L1, Adam"),
+    ("jatp", "jatp", "jatp", "resnet18-standard", "PGD-5 through the DUNET and the target, pixel + feature loss"),
+    ("dir", "dir:pretrain_epochs=0", "dir", "resnet18-standard", "PGD-5 through DIR, inner KL-5, L_den"),
 ]
+RELATIVE_TO = "dir"  # DIR's Table 4 compares HGD's and JATP's training time per epoch with DIR's
 
 
 def median_rate(work, batch: int, repeats: int, device: torch.device) -> float:
@@ -112,11 +117,14 @@ def main() -> None:
     classifier = registry.build("models", "resnet18-standard").to(device).eval()
     x = torch.rand(args.batch, 3, 32, 32, device=device)
     step = median_rate(attack_step(classifier, x), args.batch, args.repeats, device)
+    rates = {}
     for name, recipe, spec, target, what in TRAINING_STEPS:
         work = training_step(name, recipe, spec, target, args.batch, device)
-        training = median_rate(work, args.batch, args.repeats, device)
+        rates[name] = median_rate(work, args.batch, args.repeats, device)
         print(f"one robench train {name} step at 32x32 ({spec}, {what}): "
-              f"{training:.1f} img/s = {step / training:.1f} classifier attack steps")
+              f"{rates[name]:.1f} img/s = {step / rates[name]:.1f} classifier attack steps")
+    print(f"training time per image relative to {RELATIVE_TO} (DIR Table 4's comparison): "
+          + ", ".join(f"{name} {rates[RELATIVE_TO] / rate:.2f}" for name, rate in rates.items()))
     load = os.getloadavg()[0]
     if load > (os.cpu_count() or 1):
         print(f"WARNING: load average {load:.1f} on {os.cpu_count()} cores: wall times are noisy")
