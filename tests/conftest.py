@@ -27,3 +27,15 @@ def offline(monkeypatch, tmp_path) -> Path:
     monkeypatch.setenv("ROBENCH_DATA", str(tmp_path / "empty"))
     monkeypatch.setenv("ROBENCH_OFFLINE", "1")
     return tmp_path / "empty"
+
+
+@pytest.fixture
+def small_target(tmp_path) -> str:
+    """A model spec of a small CNN with fixed random weights saved as a checkpoint: a target to train in front of."""
+    import torch
+
+    from robench.models import small_cnn
+
+    torch.manual_seed(0)
+    torch.save(small_cnn().net.state_dict(), tmp_path / "target.pt")
+    return f"small-cnn:weights={tmp_path / 'target.pt'}"

@@ -103,21 +103,14 @@ def test_training_adversaries_stay_in_the_ball_and_fgsm_is_one_full_step():
     assert torch.allclose(moved[inside], torch.full_like(moved[inside], 8 / 255), atol=1e-6)
 
 
-@pytest.fixture
-def target(tmp_path):
-    torch.manual_seed(0)
-    torch.save(small_cnn().net.state_dict(), tmp_path / "target.pt")
-    return f"small-cnn:weights={tmp_path / 'target.pt'}"
-
-
 def plan(tmp_path, target, name="ape-gan.pt", **options):
     options = {"model": "ape-gan:width=8", "dataset": "synthetic", "split": "test", "n": 8, "batch_size": 4,
                "epochs": 1, "evaluation": Evaluation(n=0), "output": tmp_path / name, "target": target, **options}
     return APEGANTraining.plan(options.pop("recipe", "ape-gan:discriminator_width=8"), **options)
 
 
-def test_the_generator_is_updated_twice_per_batch(tmp_path, target, monkeypatch):
-    run = plan(tmp_path, target)
+def test_the_generator_is_updated_twice_per_batch(tmp_path, small_target, monkeypatch):
+    run = plan(tmp_path, small_target)
     calls = []
     step = run.step
 
@@ -130,8 +123,8 @@ def test_the_generator_is_updated_twice_per_batch(tmp_path, target, monkeypatch)
     assert len(calls) == 2, "one extra generator update for each of the two batches"
 
 
-def test_a_run_writes_a_checkpoint_that_loads_as_the_defense(tmp_path, target):
-    run = plan(tmp_path, target)
+def test_a_run_writes_a_checkpoint_that_loads_as_the_defense(tmp_path, small_target):
+    run = plan(tmp_path, small_target)
     before = {k: v.clone() for k, v in run.module.state_dict().items()}
     card = run.run(runtime=QUIET)
     loaded = registry.build("defenses", f"ape-gan:width=8,weights={tmp_path / 'ape-gan.pt'}").eval()
@@ -144,25 +137,14 @@ def test_a_run_writes_a_checkpoint_that_loads_as_the_defense(tmp_path, target):
     assert "ape-gan:adversarial=0.3" in json.dumps(json.loads((tmp_path / "ape-gan.json").read_text()))
 
 
-def test_resuming_gives_the_weights_of_an_uninterrupted_run(tmp_path, target):
-    plan(tmp_path, target, "straight.pt", epochs=2).run(runtime=QUIET)
-    plan(tmp_path, target, "resumed.pt", epochs=1).run(runtime=QUIET)
-    plan(tmp_path, target, "resumed.pt", epochs=2).run(runtime=QUIET)
+def test_resuming_gives_the_weights_of_an_uninterrupted_run(tmp_path, small_target):
+    plan(tmp_path, small_target, "straight.pt", epochs=2).run(runtime=QUIET)
+    plan(tmp_path, small_target, "resumed.pt", epochs=1).run(runtime=QUIET)
+    plan(tmp_path, small_target, "resumed.pt", epochs=2).run(runtime=QUIET)
     straight = torch.load(tmp_path / "straight.pt", weights_only=True)
     resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
-
-
-def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path):
-    class Payload:
-        def __reduce__(self):
-            return (open, (str(tmp_path / "pwned"), "w"))
-
-    torch.save({"generator.net.0.weight": Payload()}, tmp_path / "evil.pt")
-    with pytest.raises(Exception, match="(?i)weights_only|unpickl|not allowed|unsupported"):
-        APEGAN(weights=str(tmp_path / "evil.pt"))
-    assert not (tmp_path / "pwned").exists()
 
 
 @pytest.mark.parametrize("options, mentions", [
@@ -170,22 +152,22 @@ def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path):
     ({"dataset": "synthetic:image_size=30"}, "multiples of 4"),
     ({"target": None}, "needs --target"),
 ])
-def test_bad_input_is_named_before_any_epoch(tmp_path, target, options, mentions):
-    options.setdefault("target", target)
+def test_bad_input_is_named_before_any_epoch(tmp_path, small_target, options, mentions):
+    options.setdefault("target", small_target)
     with pytest.raises((TrainingError, ValueError), match=mentions):
         plan(tmp_path, **options)
     assert not (tmp_path / "ape-gan.pt").exists()
 
 
-def test_the_target_is_left_alone(tmp_path, target):
-    run = plan(tmp_path, target)
+def test_the_target_is_left_alone(tmp_path, small_target):
+    run = plan(tmp_path, small_target)
     before = {k: v.clone() for k, v in run.target.state_dict().items()}
     run.run(runtime=QUIET)
     assert all(torch.equal(v, before[k]) for k, v in run.target.state_dict().items())
 
 
-def test_a_repeated_update_without_recompute_is_an_error(tmp_path, target, monkeypatch):
-    run = plan(tmp_path, target)
+def test_a_repeated_update_without_recompute_is_an_error(tmp_path, small_target, monkeypatch):
+    run = plan(tmp_path, small_target)
     step = run.step
     monkeypatch.setattr(run, "step", lambda x, y, generator: step(x, y, generator)._replace(recompute=None))
     with pytest.raises(TrainingError, match="updated 2 times per batch, but the step gives no recompute"):

@@ -65,21 +65,14 @@ def test_the_loss_equals_the_hand_computation(distance, aware):
     torch.testing.assert_close(loss, F.mse_loss(restored, x) + 0.5 * d.mean())
 
 
-@pytest.fixture
-def target(tmp_path):
-    torch.manual_seed(0)
-    torch.save(small_cnn().net.state_dict(), tmp_path / "target.pt")
-    return f"small-cnn:weights={tmp_path / 'target.pt'}"
-
-
 def plan(tmp_path, target, name="jatp.pt", **options):
     options = {"model": "jatp:width=4", "dataset": "synthetic", "split": "test", "n": 8, "batch_size": 4,
                "epochs": 1, "evaluation": Evaluation(n=0), "output": tmp_path / name, "target": target, **options}
     return JATPTraining.plan(options.pop("recipe", "jatp:steps=2"), **options)
 
 
-def test_one_step_lowers_the_loss_on_a_fixed_batch(tmp_path, target):
-    run = plan(tmp_path, target)
+def test_one_step_lowers_the_loss_on_a_fixed_batch(tmp_path, small_target):
+    run = plan(tmp_path, small_target)
     x, y = run.train.x[:4], run.train.y[:4]
     x_adv = run.recipe.full_adversarial(Pipeline(run.target, run.module), x, y, torch.Generator().manual_seed(0))
     run.module.eval()
@@ -93,14 +86,14 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch(tmp_path, target):
     assert float(after) <= before.item() - predicted / 2
 
 
-def test_a_run_loads_as_the_defense_and_resumes_bit_identically(tmp_path, target):
-    run = plan(tmp_path, target, "straight.pt", epochs=2)
+def test_a_run_loads_as_the_defense_and_resumes_bit_identically(tmp_path, small_target):
+    run = plan(tmp_path, small_target, "straight.pt", epochs=2)
     run.run(runtime=QUIET)
     loaded = registry.build("defenses", f"jatp:width=4,weights={tmp_path / 'straight.pt'}").eval()
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(loaded(x), run.module(x))
-    plan(tmp_path, target, "resumed.pt", epochs=1).run(runtime=QUIET)
-    plan(tmp_path, target, "resumed.pt", epochs=2).run(runtime=QUIET)
+    plan(tmp_path, small_target, "resumed.pt", epochs=1).run(runtime=QUIET)
+    plan(tmp_path, small_target, "resumed.pt", epochs=2).run(runtime=QUIET)
     straight = torch.load(tmp_path / "straight.pt", weights_only=True)
     resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
@@ -111,7 +104,7 @@ def test_a_run_loads_as_the_defense_and_resumes_bit_identically(tmp_path, target
     ({"model": "jatp:width=4,input_size=64"}, "this DUNET takes 64x64; train jatp:input_size=32"),
     ({"target": None}, "needs --target"),
 ])
-def test_bad_input_is_named_before_any_epoch(tmp_path, target, options, mentions):
-    options.setdefault("target", target)
+def test_bad_input_is_named_before_any_epoch(tmp_path, small_target, options, mentions):
+    options.setdefault("target", small_target)
     with pytest.raises((TrainingError, ValueError), match=mentions):
         plan(tmp_path, **options).phases()
