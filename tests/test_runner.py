@@ -221,6 +221,25 @@ def test_an_interrupted_run_resumes_to_the_same_numbers(tmp_path, uninterrupted,
     assert _outcomes(store) == _outcomes(uninterrupted), "resume must give the uninterrupted numbers"
 
 
+@pytest.mark.slow
+def test_kills_at_many_points_all_resume_to_the_same_numbers(tmp_path, uninterrupted):
+    """SIGKILL after 1, 4, 8, 12 and 15 stored batches, each landing wherever the run is (often inside a batch)."""
+    store = tmp_path / "cut.sqlite"
+    for kill_after in (1, 4, 8, 12, 15):
+        victim = _robench([], store, tmp_path / "cut")
+        deadline = time.time() + 300
+        while _batches(store) < kill_after and victim.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        if victim.poll() is None:
+            os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(timeout=60)
+        assert _batches(store) <= 16
+    resumed = _robench([], store, tmp_path / "cut")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+    assert _batches(store) == 16
+    assert _outcomes(store) == _outcomes(uninterrupted), "every kill and resume must give the uninterrupted numbers"
+
+
 def test_cells_are_frozen_and_hashable():
     cell = tiny_cell()
     with pytest.raises(dataclasses.FrozenInstanceError):
