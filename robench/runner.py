@@ -1,13 +1,11 @@
-"""Running cells: clean pass, attack of the clean-correct examples, verification, re-scoring, storing.
+"""Driving a grid: check and key its cells, hand their missing batches to an executor, store what comes back.
 
-``evaluate_cell`` is a function of the cell and the store only (no global state), so an
-executor that ships cells elsewhere (Ray) can call it unchanged.
+The computation itself is :mod:`robench.compute` (rows, no store); executors
+(:mod:`robench.executors`) decide where it runs; this module alone writes the store.
 """
 
 from __future__ import annotations
 
-import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -15,16 +13,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from robench import checks
 from robench.cell import Cell, cell_key
-from robench.env import batch_seed, environment
+from robench.compute import BatchDone, Event, Task, TaskFailed, batch_count
+from robench.env import environment
 from robench.errors import ConfigError
+from robench.executors import Executor, LocalExecutor
 from robench.missing import Expected, missing_key, split_missing
 from robench.resolve import Resolver
-from robench.scoring import score_batch
 from robench.store import MissingRecord, Store
-from robench.views import attack_view, attacked_defense, restored_points, restoring_defense, scored_view
-
+from robench.views import attacked_defense, restoring_defense
 
 @dataclass
 class GridResult:
@@ -38,44 +35,6 @@ class GridResult:
     @property
     def ok(self) -> bool:
         return not self.failed
-
-
-def evaluate_cell(cell: Cell, key: str, resolver: Resolver, store: Store, *, progress: bool = False) -> dict:
-    """Evaluate the missing batches of one cell into the store and return its summary."""
-    examples = resolver.cell_examples(cell)
-    scorer = scored_view(cell, resolver)
-    attacker = attack_view(cell, resolver)
-    attack = resolver.attack(cell.attack)
-    device = resolver.device
-    done = store.completed_batches(key)
-    starts = range(0, len(examples), cell.batch_size)
-    for batch, start in enumerate(tqdm(starts, desc="batches", leave=False, disable=not progress)):
-        if batch in done:
-            continue
-        began = time.perf_counter()
-        torch.manual_seed(batch_seed(cell.seed, batch))
-        x = examples.x[start : start + cell.batch_size].to(device)
-        y = examples.y[start : start + cell.batch_size].to(device)
-        if cell.setting == "restored":
-            x = restored_points(cell, resolver, x, y)
-        score = score_batch(scorer, attacker, attack, x, y, cell.threat, draws=cell.draws)
-        rows = [
-            {
-                "example_id": examples.ids[start + i],
-                "batch": batch,
-                "label": int(y[i]),
-                "clean_correct": int(score.clean[:, i].all()),
-                "clean_draw_acc": float(score.clean[:, i].float().mean()),
-                "attacked": int(score.attacked[i]),
-                "robust_correct": int(score.robust[:, i].all()),
-                "robust_draw_acc": float(score.robust[:, i].float().mean()),
-                "adv_prediction": int(score.adv_prediction[0, i]),
-                "perturbation": float(score.distance[i]),
-            }
-            for i in range(len(y))
-        ]
-        store.add_batch(key, batch, rows, time.perf_counter() - began)
-    return summarise(store.examples(key))
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -139,13 +98,16 @@ def run_grid(
     labels: Mapping[Cell, Sequence[dict]] | None = None,
     expected: Expected | None = None,
     objects: Mapping[str, nn.Module] | None = None,
+    executor: Executor | None = None,
 ) -> GridResult:
     """Evaluate every cell not yet in the store; failures become error rows and the grid goes on.
 
     Cells naming a plugin or checkpoint that ``expected`` declares may be absent, and is, are
     stored as missing cells with their reason; ``labels`` (cell -> paper labels) are stored with
     the benchmark's latest grid for paper-layout reports; ``objects`` (name -> in-memory model
-    or defense) take precedence over registered plugins of the same name.
+    or defense) take precedence over registered plugins of the same name. ``executor`` computes
+    the cells' missing batches (default: :class:`~robench.executors.LocalExecutor`); this
+    function alone writes the store, as the executor's events arrive.
     """
     cells, missing = split_missing(cells, expected)
     resolver = Resolver(device, objects)
@@ -157,28 +119,82 @@ def run_grid(
     store.set_missing(benchmark, [MissingRecord(missing_key(c), c.to_json(), r) for c, r in missing.items()])
     keys = [(cell, key) for cell, (_, key, _) in zip(cells, prepared)] + [(c, missing_key(c)) for c in missing]
     store.set_labels(benchmark, _labels_by_key(keys, labels or {}))
-    bar = tqdm(prepared, desc=benchmark, unit="cell", disable=not progress)
-    for cell, key, provenance in bar:
-        bar.set_postfix_str(_describe(cell)[:60])
+    executor = executor or LocalExecutor()
+    driver = _Driver(store, result, run_id, benchmark)
+    tasks = []
+    for cell, key, provenance in prepared:
         stored = store.cell(key)
         if stored is not None and stored.status == "done":
             store.tag(key, benchmark)
             result.cached.append(key)
             continue
-        spec = cell.to_json()
-        record = {**provenance, "environment": env}
-        try:
-            store.begin_cell(key, spec, record, run_id, benchmark)
-            flags = checks.run_checks(cell, resolver)
-            summary = evaluate_cell(cell, key, resolver, store, progress=progress)
-            store.finish_cell(key, summary, flags)
-            result.computed.append(key)
-        except Exception as err:  # one broken cell must not stop the grid (DESIGN §5)
-            message = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
-            store.fail_cell(key, spec, record, run_id, benchmark, message)
-            result.failed[key] = f"{type(err).__name__}: {err}"
+        tasks += driver.begin(cell, key, {**provenance, "environment": env}, executor.batches_per_task)
+    driver.open_bars(benchmark, len(prepared), progress)
+    for event in executor.run(tasks, resolver):
+        driver.receive(event)
+    driver.close_bars()
     store.finish_run(run_id)
     return result
+
+
+class _Driver:
+    """Writes the store from a grid's task events: batches once each, a cell done when all its tasks are."""
+
+    def __init__(self, store: Store, result: GridResult, run_id: int, benchmark: str):
+        self.store, self.result, self.run_id, self.benchmark = store, result, run_id, benchmark
+        self.cells: dict[str, tuple[Cell, dict]] = {}
+        self.open_tasks: dict[str, int] = {}
+        self.flags: dict[str, list[str]] = {}
+        self.stored: dict[str, set[int]] = {}
+        self.cell_bar = self.batch_bar = None
+
+    def begin(self, cell: Cell, key: str, record: dict, per_task: int | None) -> list[Task]:
+        """Mark a cell running and split its missing batches into tasks (one at least, for its flags)."""
+        self.store.begin_cell(key, cell.to_json(), record, self.run_id, self.benchmark)
+        self.cells[key] = (cell, record)
+        self.stored[key] = self.store.completed_batches(key)
+        todo = [b for b in range(batch_count(cell)) if b not in self.stored[key]]
+        size = per_task or max(len(todo), 1)
+        chunks = [tuple(todo[i : i + size]) for i in range(0, len(todo), size)] or [()]
+        self.open_tasks[key] = len(chunks)
+        return [Task(cell, key, chunk, checks=i == 0) for i, chunk in enumerate(chunks)]
+
+    def open_bars(self, benchmark: str, cells: int, progress: bool) -> None:
+        batches = sum(batch_count(cell) - len(self.stored[key]) for key, (cell, _) in self.cells.items())
+        self.cell_bar = tqdm(total=cells, initial=len(self.result.cached), desc=benchmark, unit="cell",
+                             disable=not progress)
+        self.batch_bar = tqdm(total=batches, desc="batches", unit="batch", leave=False, disable=not progress)
+
+    def close_bars(self) -> None:
+        self.batch_bar.close()
+        self.cell_bar.close()
+
+    def receive(self, event: Event) -> None:
+        """Store one event; a batch already stored (a retried task) is ignored."""
+        key = event.key
+        if key not in self.open_tasks:  # the cell already failed: later events of its other tasks are dropped
+            return
+        if isinstance(event, BatchDone):
+            if event.batch not in self.stored[key]:
+                self.store.add_batch(key, event.batch, event.rows, event.wall_s)
+                self.stored[key].add(event.batch)
+                self.batch_bar.update()
+        elif isinstance(event, TaskFailed):
+            cell, record = self.cells[key]
+            self.store.fail_cell(key, cell.to_json(), record, self.run_id, self.benchmark, event.error)
+            self.result.failed[key] = event.message
+            del self.open_tasks[key]
+            self.cell_bar.update()
+        else:
+            if event.flags is not None:
+                self.flags[key] = event.flags
+            self.open_tasks[key] -= 1
+            if not self.open_tasks[key]:
+                del self.open_tasks[key]
+                self.store.finish_cell(key, summarise(self.store.examples(key)), self.flags.get(key, []))
+                self.result.computed.append(key)
+                self.cell_bar.set_postfix_str(_describe(self.cells[key][0])[:60])
+                self.cell_bar.update()
 
 
 def _labels_by_key(keys: list[tuple[Cell, str]], labels: Mapping[Cell, Sequence[dict]]) -> dict[str, list[dict]]:

@@ -1,0 +1,112 @@
+"""The computation of one cell's missing batches, as rows: no store, no global state (DESIGN §5).
+
+An executor runs :func:`run_task` wherever it likes (in process, on a Ray worker) and streams
+its events back; only the driver (:func:`robench.runner.run_grid`) writes the store.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Iterator, Union
+
+import torch
+
+from robench import checks
+from robench.cell import Cell
+from robench.env import batch_seed
+from robench.resolve import Resolver
+from robench.scoring import score_batch
+from robench.views import attack_view, restored_points, scored_view
+
+
+@dataclass(frozen=True)
+class Task:
+    """Some batches of one cell to compute; ``checks`` asks for the cell's sanity flags too."""
+
+    cell: Cell
+    key: str
+    batches: tuple[int, ...]
+    checks: bool = True
+
+
+@dataclass(frozen=True)
+class BatchDone:
+    """One computed batch: its per-example rows (the store's ``examples`` columns) and its wall time."""
+
+    key: str
+    batch: int
+    rows: list[dict]
+    wall_s: float
+
+
+@dataclass(frozen=True)
+class TaskDone:
+    """A task finished; ``flags`` is None when it was not asked for them."""
+
+    key: str
+    flags: list[str] | None
+
+
+@dataclass(frozen=True)
+class TaskFailed:
+    """A task raised: the cell becomes an error row (DESIGN §5)."""
+
+    key: str
+    message: str
+    error: str
+
+
+Event = Union[BatchDone, TaskDone, TaskFailed]
+
+
+def batch_count(cell: Cell) -> int:
+    """Number of batches of a cell."""
+    return -(-cell.n // cell.batch_size)
+
+
+def evaluate_cell(cell: Cell, key: str, resolver: Resolver, batches: "tuple[int, ...] | None" = None
+                  ) -> Iterator[BatchDone]:
+    """Yield the rows of the given batches of one cell (default: all), each as soon as it is computed."""
+    examples = resolver.cell_examples(cell)
+    scorer = scored_view(cell, resolver)
+    attacker = attack_view(cell, resolver)
+    attack = resolver.attack(cell.attack)
+    device = resolver.device
+    for batch in range(batch_count(cell)) if batches is None else batches:
+        began = time.perf_counter()
+        start = batch * cell.batch_size
+        torch.manual_seed(batch_seed(cell.seed, batch))
+        x = examples.x[start : start + cell.batch_size].to(device)
+        y = examples.y[start : start + cell.batch_size].to(device)
+        if cell.setting == "restored":
+            x = restored_points(cell, resolver, x, y)
+        score = score_batch(scorer, attacker, attack, x, y, cell.threat, draws=cell.draws)
+        rows = [
+            {
+                "example_id": examples.ids[start + i],
+                "batch": batch,
+                "label": int(y[i]),
+                "clean_correct": int(score.clean[:, i].all()),
+                "clean_draw_acc": float(score.clean[:, i].float().mean()),
+                "attacked": int(score.attacked[i]),
+                "robust_correct": int(score.robust[:, i].all()),
+                "robust_draw_acc": float(score.robust[:, i].float().mean()),
+                "adv_prediction": int(score.adv_prediction[0, i]),
+                "perturbation": float(score.distance[i]),
+            }
+            for i in range(len(y))
+        ]
+        yield BatchDone(key, batch, rows, time.perf_counter() - began)
+
+
+def run_task(task: Task, resolver: Resolver) -> Iterator[Event]:
+    """Flags (if asked) and the task's batches as events; an exception ends it with :class:`TaskFailed`."""
+    try:
+        flags = checks.run_checks(task.cell, resolver) if task.checks else None
+        yield from evaluate_cell(task.cell, task.key, resolver, task.batches)
+        yield TaskDone(task.key, flags)
+    except Exception as err:  # one broken cell must not stop the grid (DESIGN §5)
+        yield TaskFailed(task.key, f"{type(err).__name__}: {err}",
+                         f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}")
