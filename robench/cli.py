@@ -120,11 +120,19 @@ def ls_command(kind, name):
 @click.option("--data-root", type=click.Path(file_okay=False), help="Folder with the datasets (or set ROBENCH_DATA).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where cells are computed: this process, or a Ray cluster (pip install 'robench[ray]').")
+@click.option("--address", help="Ray cluster to join: auto, or ray://HOST:10001 (default: start a local one).")
+@click.option("--gpus-per-cell", type=float, default=0, show_default=True, help="GPUs each Ray task declares.")
+@click.option("--cpus-per-cell", type=float, default=1, show_default=True,
+              help="CPUs each Ray task declares (and its torch threads).")
+@click.option("--batches-per-task", type=int, help="Split a cell into Ray tasks of this many batches.")
 def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, norm, sources, attack_defense,
                 restore_from, n, sample_seed, seed, draws, eot, batch_size, name, store_path, results_dir, data_root,
-                device, progress):
+                device, progress, executor, address, gpus_per_cell, cpus_per_cell, batches_per_task):
     """Run a registered BENCHMARK (or grid file), or an ad-hoc grid given by options."""
     from robench.env import pick_device
+    from robench.executors import make_executor
     from robench.grid import Benchmark, adhoc_name, expand, load_benchmark
     from robench.render.term import render_term
     from robench.report import leaderboard, leaderboard_document, pivot_only, write_leaderboard
@@ -146,10 +154,13 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
             grid = Benchmark(name or adhoc_name(cells), "", cells)
         title = grid.name  # a benchmark file may name itself
         torch_device = pick_device(device)
+        ray_options = {"address": address, "gpus_per_cell": gpus_per_cell, "cpus_per_cell": cpus_per_cell,
+                       "batches_per_task": batches_per_task}
+        runner = make_executor(executor, **(ray_options if executor == "ray" else {}))
         with Store(store_path) as store:
             command = "robench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
             result = run_grid(list(grid.cells), store, benchmark=title, device=torch_device, command=command,
-                              progress=progress, labels=grid.labels, expected=grid.expected)
+                              progress=progress, labels=grid.labels, expected=grid.expected, executor=runner)
             csv_path, md_path = write_leaderboard(store, title, results_dir)
             frame = leaderboard(store, title)
     except USAGE_ERRORS as err:

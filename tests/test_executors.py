@@ -1,0 +1,101 @@
+"""Executors: the Ray executor stores, row for row, what the local executor stores."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from robench.cli import main
+from robench.executors import make_executor
+from robench.runner import run_grid
+from robench.store import Store
+from tests.test_runner import tiny_cell
+
+CPU = torch.device("cpu")
+TWO_CHANNEL = dict(dataset="synthetic:channels=2", model="tiny:channels=2")
+GRID = [
+    tiny_cell(),  # three batches of 32
+    tiny_cell(attack="fgsm", defense="bit-depth"),
+    tiny_cell(defense="jpeg", **TWO_CHANNEL),  # raises in every executor: an error row
+]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local two-CPU Ray cluster for the module, in a temporary folder, shut down afterwards."""
+    ray = pytest.importorskip("ray")
+    folder = tempfile.mkdtemp(prefix="rbray")  # short: Ray's socket paths must fit in 107 characters
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=folder)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _rows(path: Path) -> tuple[list, list]:
+    with sqlite3.connect(path) as db:
+        examples = db.execute("SELECT * FROM examples ORDER BY key, example_id").fetchall()
+        cells = db.execute("SELECT key, status, summary, flags FROM cells ORDER BY key").fetchall()
+    return examples, cells
+
+
+def _run(path: Path, executor) -> object:
+    with Store(path) as store:
+        return run_grid(GRID, store, benchmark="t", device=CPU, progress=False, executor=executor)
+
+
+@pytest.fixture(scope="module")
+def local_store(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("local") / "s.sqlite"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the Ray tasks below compute with one thread each: same arithmetic
+    try:
+        _run(path, make_executor("local"))
+    finally:
+        torch.set_num_threads(threads)
+    return path
+
+
+@pytest.mark.parametrize("per_task", [None, 1], ids=["task-per-cell", "task-per-batch"])
+def test_ray_stores_the_local_rows_row_for_row(ray_cluster, local_store, tmp_path, per_task):
+    result = _run(tmp_path / "s.sqlite", make_executor("ray", batches_per_task=per_task))
+    examples, cells = _rows(tmp_path / "s.sqlite")
+    assert len(result.computed) == 2 and len(result.failed) == 1
+    assert "JPEG needs 1 or 3 channels" in next(iter(result.failed.values()))
+    assert len(examples) == 2 * 96
+    assert (examples, cells) == _rows(local_store)
+
+
+def test_a_ray_run_resumes_a_partly_stored_cell_without_duplicates(ray_cluster, local_store, tmp_path):
+    path = tmp_path / "s.sqlite"
+    shutil.copy(local_store, path)
+    with sqlite3.connect(path) as db:  # as if the driver had been killed after the first batch of each cell
+        db.execute("DELETE FROM examples WHERE batch > 0")
+        db.execute("DELETE FROM batches WHERE batch > 0")
+        db.execute("UPDATE cells SET status = 'running', summary = NULL")
+    result = _run(path, make_executor("ray", batches_per_task=1))
+    assert len(result.computed) == 2
+    assert _rows(path) == _rows(local_store)
+
+
+def test_executor_ray_without_ray_exits_2_with_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    result = CliRunner().invoke(main, ["run", "--dataset", "synthetic", "--model", "tiny", "--defense", "none",
+                                       "--attack", "fgsm", "--eps", "6/255", "-n", "8", "--executor", "ray", "--store",
+                                       str(tmp_path / "s.sqlite"), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "pip install 'robench[ray]'" in result.output
+    assert not (tmp_path / "s.sqlite").exists()
+
+
+def test_an_unknown_executor_is_a_configuration_error():
+    from robench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown executor 'slurm'; choose one of local, ray"):
+        make_executor("slurm")
