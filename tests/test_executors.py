@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import sys
@@ -13,7 +14,9 @@ import torch
 from click.testing import CliRunner
 
 from robench.cli import main
+from robench.defense import Defense
 from robench.executors import make_executor
+from robench.objects import object_name
 from robench.runner import run_grid
 from robench.store import Store
 from tests.test_runner import tiny_cell
@@ -99,3 +102,43 @@ def test_an_unknown_executor_is_a_configuration_error():
 
     with pytest.raises(ConfigError, match="unknown executor 'slurm'; choose one of local, ray"):
         make_executor("slurm")
+
+
+class DiesOnce(Defense):
+    """The identity, except that the process computing it exits abruptly at its 15th call, once per marker."""
+
+    def __init__(self, marker: Path):
+        super().__init__()
+        self._marker, self._calls = marker, 0  # private: not part of the object's fingerprint
+
+    def purify(self, x):
+        self._calls += 1
+        if self._calls == 15 and not self._marker.exists():
+            self._marker.touch()
+            os._exit(1)
+        return x
+
+
+def _dying_run(path: Path, marker: Path, executor) -> tuple[object, list, list]:
+    defense = DiesOnce(marker)
+    name = object_name(defense)
+    with Store(path) as store:
+        result = run_grid([tiny_cell(defense=name)], store, benchmark="t", device=CPU, progress=False,
+                          executor=executor, objects={name: defense})
+    return (result, *_rows(path))
+
+
+@pytest.mark.slow  # Ray restarts the dead worker: about 15 s
+def test_a_worker_killed_mid_cell_is_retried_to_the_uninterrupted_rows(ray_cluster, tmp_path):
+    ray_cluster.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import tests
+    (tmp_path / "never").touch()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, reference, reference_cells = _dying_run(tmp_path / "ref.sqlite", tmp_path / "never", make_executor("local"))
+    finally:
+        torch.set_num_threads(threads)
+    result, examples, cells = _dying_run(tmp_path / "s.sqlite", tmp_path / "died", make_executor("ray"))
+    assert (tmp_path / "died").exists(), "the worker must have died once"
+    assert result.ok and len(examples) == 96
+    assert (examples, cells) == (reference, reference_cells)
