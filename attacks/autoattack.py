@@ -7,10 +7,13 @@ import pyautoattack
 import torch
 from torch import nn
 
-from robench.attack import Attack
+from robench.attack import Attack, Passes, gradient_steps
 from robench.threat import ThreatModel
 
 VARIANTS = ("standard", "plus", "rand")  # AutoAttack's own `version` argument
+# What each component of the official code runs in the standard and rand versions (its _set_version):
+ITERATIONS, TARGETS, QUERIES, RAND_EOT = 100, 9, 5000, 20
+COMPONENTS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "rand": ("apgd-ce", "apgd-dlr")}
 # AutoAttack logs its own sanity warnings (randomised defense, gradient masking) here.
 logging.getLogger("auto-attack").setLevel(logging.WARNING)
 
@@ -50,6 +53,34 @@ class AutoAttack(Attack):
             attack.apgd_targeted.n_target_classes = attack.fab.n_target_classes = classes - 1
         x_adv, _ = attack.run_standard_evaluation(x, y, batch_size=len(x))
         return x_adv
+
+
+    def passes(self, n: int, eot: int = 1) -> Passes | None:
+        """An upper bound read from the official code: every component attacks all ``n`` examples.
+
+        ``run_standard_evaluation``'s checks (5 forwards testing for randomness unless ``rand``,
+        output range, dynamic graph) and clean pass, then each component as it runs per example:
+        APGD 1 + (iterations + 1) gradient steps per restart (x 20 EOT draws in ``rand``) and 1
+        check; APGD-T and FAB-T that for each of 9 target classes (FAB-T: a forward and a
+        gradient per iteration, 3 forwards around); Square 5000 queries and 3 forwards around;
+        then 1 check per component, and robench's probe of ``x[:1]`` for the class count. The
+        components skip examples already broken, and with fewer than 10 classes fewer targets
+        run, so a run spends at most this. ``plus`` (untargeted FAB differentiates every logit)
+        declares no cost model.
+        """
+        components = self.components or COMPONENTS.get(self.variant)
+        if components is None:
+            return None
+        draws = RAND_EOT if self.variant == "rand" else 1
+        apgd = gradient_steps(n * draws, ITERATIONS + 1) + Passes(n)
+        cost = {"apgd-ce": apgd + Passes(n), "apgd-dlr": apgd + Passes(n), "apgd-t": apgd * TARGETS + Passes(n),
+                "fab-t": (gradient_steps(n, ITERATIONS) + Passes(n * (ITERATIONS + 3))) * TARGETS + Passes(n),
+                "square": Passes(n * (QUERIES + 3))}
+        checks = 3 if self.variant == "rand" else 8
+        total = Passes(n * (checks + len(components)) + 1)
+        for name in components:
+            total = total + cost[name]
+        return total * eot
 
 
 class _Component(AutoAttack):

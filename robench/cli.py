@@ -127,9 +127,14 @@ def ls_command(kind, name):
 @click.option("--cpus-per-cell", type=float, default=1, show_default=True,
               help="CPUs each Ray task declares (and its torch threads).")
 @click.option("--batches-per-task", type=int, help="Split a cell into Ray tasks of this many batches.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan (cells to compute, stored, missing; passes and time) and compute nothing.")
+@click.option("--throughput", type=click.FloatRange(min=0, min_open=True),
+              help="Forward passes per second for --dry-run's times (default: a short calibration here).")
 def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, norm, sources, attack_defense,
                 restore_from, n, sample_seed, seed, draws, eot, batch_size, name, store_path, results_dir, data_root,
-                device, progress, executor, address, gpus_per_cell, cpus_per_cell, batches_per_task):
+                device, progress, executor, address, gpus_per_cell, cpus_per_cell, batches_per_task, dry_run,
+                throughput):
     """Run a registered BENCHMARK (or grid file), or an ad-hoc grid given by options."""
     from robench.env import pick_device
     from robench.executors import make_executor
@@ -154,6 +159,13 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
             grid = Benchmark(name or adhoc_name(cells), "", cells)
         title = grid.name  # a benchmark file may name itself
         torch_device = pick_device(device)
+        if dry_run:
+            from robench.plan import plan_grid, render_plan
+
+            plan = plan_grid(list(grid.cells), store_path, device=torch_device, expected=grid.expected,
+                             throughput=throughput)
+            click.echo(render_plan(plan, title), nl=False)
+            return
         ray_options = {"address": address, "gpus_per_cell": gpus_per_cell, "cpus_per_cell": cpus_per_cell,
                        "batches_per_task": batches_per_task}
         runner = make_executor(executor, **(ray_options if executor == "ray" else {}))

@@ -78,7 +78,7 @@ def prepare(cells: list[Cell], resolver: Resolver) -> list[tuple[Cell, str, dict
             resolver.check(cell)
             provenance = resolver.provenance(cell)
         except Exception as err:  # every configuration problem is reported, then the grid stops
-            problems.append(f"{_describe(cell)}: {err}")
+            problems.append(f"{describe_cell(cell)}: {err}")
             continue
         prepared.append((cell, cell_key(cell, provenance), provenance))
     if problems:
@@ -193,7 +193,7 @@ class _Driver:
                 del self.open_tasks[key]
                 self.store.finish_cell(key, summarise(self.store.examples(key)), self.flags.get(key, []))
                 self.result.computed.append(key)
-                self.cell_bar.set_postfix_str(_describe(self.cells[key][0])[:60])
+                self.cell_bar.set_postfix_str(describe_cell(self.cells[key][0])[:60])
                 self.cell_bar.update()
 
 
@@ -205,5 +205,6 @@ def _labels_by_key(keys: list[tuple[Cell, str]], labels: Mapping[Cell, Sequence[
     return by_key
 
 
-def _describe(cell: Cell) -> str:
+def describe_cell(cell: Cell) -> str:
+    """One line naming a cell's defense, attack, setting, model and threat model."""
     return f"{cell.defense} | {cell.attack} | {cell.setting} | {cell.model} | {cell.threat}"
