@@ -127,14 +127,16 @@ def ls_command(kind, name):
 @click.option("--cpus-per-cell", type=float, default=1, show_default=True,
               help="CPUs each Ray task declares (and its torch threads).")
 @click.option("--batches-per-task", type=int, help="Split a cell into Ray tasks of this many batches.")
+@click.option("--cascade", is_flag=True, default=None,
+              help="Run each attack only on the examples the attacks listed before it left robust (exact worst case).")
 @click.option("--dry-run", is_flag=True,
               help="Print the plan (cells to compute, stored, missing; passes and time) and compute nothing.")
 @click.option("--throughput", type=click.FloatRange(min=0, min_open=True),
               help="Forward passes per second for --dry-run's times (default: a short calibration here).")
 def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, norm, sources, attack_defense,
                 restore_from, n, sample_seed, seed, draws, eot, batch_size, name, store_path, results_dir, data_root,
-                device, progress, executor, address, gpus_per_cell, cpus_per_cell, batches_per_task, dry_run,
-                throughput):
+                device, progress, executor, address, gpus_per_cell, cpus_per_cell, batches_per_task, cascade,
+                dry_run, throughput):
     """Run a registered BENCHMARK (or grid file), or an ad-hoc grid given by options."""
     from robench.env import pick_device
     from robench.executors import make_executor
@@ -148,7 +150,7 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
         os.environ["ROBENCH_DATA"] = data_root
     scalars = {"dataset": dataset, "n": n, "sample_seed": sample_seed, "seed": seed, "draws": draws, "eot": eot,
                "batch_size": batch_size, "norm": norm, "attack_defense": attack_defense, "restore_from": restore_from,
-               "sources": list(sources) or None}
+               "sources": list(sources) or None, "cascade": cascade}
     axes = {"models": list(models), "defenses": list(defenses), "attacks": list(attacks),
             "settings": list(settings), "eps": list(eps)}
     try:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass
-from typing import Iterator, Union
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping, Union
 
 import torch
 
@@ -22,13 +22,25 @@ from robench.views import attack_view, restored_points, scored_view
 
 
 @dataclass(frozen=True)
-class Task:
+class Stage:
     """Some batches of one cell to compute; ``checks`` asks for the cell's sanity flags too."""
 
     cell: Cell
     key: str
     batches: tuple[int, ...]
     checks: bool = True
+
+
+@dataclass(frozen=True)
+class Task:
+    """The unit an executor runs: one stage, or a cascade's stages in order (each attacks what the earlier left).
+
+    ``survivors`` holds, for (stage key, batch) pairs already stored, the ``robust_correct`` of
+    each example, so later stages of a cascade know what is left without recomputing them.
+    """
+
+    stages: tuple[Stage, ...]
+    survivors: Mapping[tuple[str, int], tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -66,9 +78,12 @@ def batch_count(cell: Cell) -> int:
     return -(-cell.n // cell.batch_size)
 
 
-def evaluate_cell(cell: Cell, key: str, resolver: Resolver, batches: "tuple[int, ...] | None" = None
-                  ) -> Iterator[BatchDone]:
-    """Yield the rows of the given batches of one cell (default: all), each as soon as it is computed."""
+def evaluate_cell(cell: Cell, key: str, resolver: Resolver, batches: "tuple[int, ...] | None" = None, *,
+                  only: torch.Tensor | None = None) -> Iterator[BatchDone]:
+    """Yield the rows of the given batches of one cell (default: all), each as soon as it is computed.
+
+    ``only`` (one batch given): which of its examples may be attacked (a cascade's survivors).
+    """
     examples = resolver.cell_examples(cell)
     scorer = scored_view(cell, resolver)
     attacker = attack_view(cell, resolver)
@@ -82,7 +97,8 @@ def evaluate_cell(cell: Cell, key: str, resolver: Resolver, batches: "tuple[int,
         y = examples.y[start : start + cell.batch_size].to(device)
         if cell.setting == "restored":
             x = restored_points(cell, resolver, x, y)
-        score = score_batch(scorer, attacker, attack, x, y, cell.threat, draws=cell.draws)
+        score = score_batch(scorer, attacker, attack, x, y, cell.threat, draws=cell.draws,
+                            only=None if only is None else only.to(device))
         rows = [
             {
                 "example_id": examples.ids[start + i],
@@ -102,11 +118,33 @@ def evaluate_cell(cell: Cell, key: str, resolver: Resolver, batches: "tuple[int,
 
 
 def run_task(task: Task, resolver: Resolver) -> Iterator[Event]:
-    """Flags (if asked) and the task's batches as events; an exception ends it with :class:`TaskFailed`."""
+    """Flags (if asked) and the task's batches as events; an exception fails every stage of the task."""
     try:
-        flags = checks.run_checks(task.cell, resolver) if task.checks else None
-        yield from evaluate_cell(task.cell, task.key, resolver, task.batches)
-        yield TaskDone(task.key, flags)
-    except Exception as err:  # one broken cell must not stop the grid (DESIGN §5)
-        yield TaskFailed(task.key, f"{type(err).__name__}: {err}",
-                         f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}")
+        flags = {s.key: checks.run_checks(s.cell, resolver) for s in task.stages if s.checks}
+        if len(task.stages) == 1:
+            (stage,) = task.stages
+            yield from evaluate_cell(stage.cell, stage.key, resolver, stage.batches)
+        else:
+            yield from _cascade(task, resolver)
+        for stage in task.stages:
+            yield TaskDone(stage.key, flags.get(stage.key))
+    except Exception as err:  # one broken cell (or cascade) must not stop the grid (DESIGN §5)
+        for stage in task.stages:
+            yield TaskFailed(stage.key, f"{type(err).__name__}: {err}",
+                             f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}")
+
+
+def _cascade(task: Task, resolver: Resolver) -> Iterator[BatchDone]:
+    """Batch by batch, each stage attacks only the examples every earlier stage left robust."""
+    for batch in sorted({b for stage in task.stages for b in stage.batches}):
+        last = max(i for i, stage in enumerate(task.stages) if batch in stage.batches)
+        alive = None
+        for stage in task.stages[: last + 1]:
+            if batch in stage.batches:
+                (done,) = evaluate_cell(stage.cell, stage.key, resolver, (batch,), only=alive)
+                yield done
+                robust = [row["robust_correct"] for row in done.rows]
+            else:
+                robust = task.survivors[(stage.key, batch)]
+            left = torch.tensor(robust, dtype=torch.bool)
+            alive = left if alive is None else alive & left

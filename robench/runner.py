@@ -6,6 +6,7 @@ The computation itself is :mod:`robench.compute` (rows, no store); executors
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -14,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robench.cell import Cell, cell_key
-from robench.compute import BatchDone, Event, Task, TaskFailed, batch_count
+from robench.compute import BatchDone, Event, Stage, Task, TaskFailed, batch_count
 from robench.env import environment
 from robench.errors import ConfigError
 from robench.executors import Executor, LocalExecutor
@@ -112,6 +113,7 @@ def run_grid(
     cells, missing = split_missing(cells, expected)
     resolver = Resolver(device, objects)
     prepared = prepare(cells, resolver)
+    chains = cascades(prepared)
     result = GridResult(missing={missing_key(cell): reason for cell, reason in missing.items()})
     env = environment(device)
     run_id = store.start_run(command, env)
@@ -120,15 +122,17 @@ def run_grid(
     keys = [(cell, key) for cell, (_, key, _) in zip(cells, prepared)] + [(c, missing_key(c)) for c in missing]
     store.set_labels(benchmark, _labels_by_key(keys, labels or {}))
     executor = executor or LocalExecutor()
-    driver = _Driver(store, result, run_id, benchmark)
+    driver = _Driver(store, result, run_id, benchmark, resolver)
     tasks = []
-    for cell, key, provenance in prepared:
-        stored = store.cell(key)
-        if stored is not None and stored.status == "done":
-            store.tag(key, benchmark)
-            result.cached.append(key)
-            continue
-        tasks += driver.begin(cell, key, {**provenance, "environment": env}, executor.batches_per_task)
+    for chain in chains:
+        for cell, key, provenance in chain:
+            stored = store.cell(key)
+            if stored is not None and stored.status == "done":
+                store.tag(key, benchmark)
+                result.cached.append(key)
+            else:
+                driver.begin(cell, key, {**provenance, "environment": env})
+        tasks += driver.tasks([(cell, key) for cell, key, _ in chain], executor.batches_per_task)
     driver.open_bars(benchmark, len(prepared), progress)
     for event in executor.run(tasks, resolver):
         driver.receive(event)
@@ -137,27 +141,73 @@ def run_grid(
     return result
 
 
+def cascades(prepared: list[tuple[Cell, str, dict]]) -> list[list[tuple[Cell, str, dict]]]:
+    """The prepared cells as chains: a cascade's cells in attack order, every other cell alone."""
+    groups = [_cascade_group(cell) for cell, _, _ in prepared]
+    heads = {(group, cell.cascade[0]) for (cell, _, _), group in zip(prepared, groups) if cell.cascade}
+    chains: dict[str, list[tuple[Cell, str, dict]]] = {}
+    for entry, group in zip(prepared, groups):
+        cell, key, _ = entry
+        chains.setdefault(group if cell.cascade or (group, cell.attack) in heads else key, []).append(entry)
+    for chain in chains.values():
+        chain.sort(key=lambda entry: len(entry[0].cascade))
+        for position, (cell, _, _) in enumerate(chain):
+            if cell.cascade != tuple(c.attack for c, _, _ in chain[:position]):
+                raise ConfigError(f"{describe_cell(cell)} cascades after {', '.join(map(str, cell.cascade))}, "
+                                  f"but the grid runs {', '.join(str(c.attack) for c, _, _ in chain[:position])} "
+                                  "before it; list every attack of a cascade in the grid")
+    return list(chains.values())
+
+
+def _cascade_group(cell: Cell) -> str:
+    """What the cells of one cascade share: everything but the attack (and its EOT draws)."""
+    return json.dumps({k: v for k, v in cell.to_json().items() if k not in ("attack", "cascade", "eot")},
+                      sort_keys=True)
+
+
 class _Driver:
     """Writes the store from a grid's task events: batches once each, a cell done when all its tasks are."""
 
-    def __init__(self, store: Store, result: GridResult, run_id: int, benchmark: str):
+    def __init__(self, store: Store, result: GridResult, run_id: int, benchmark: str, resolver: Resolver):
         self.store, self.result, self.run_id, self.benchmark = store, result, run_id, benchmark
+        self.resolver = resolver
         self.cells: dict[str, tuple[Cell, dict]] = {}
         self.open_tasks: dict[str, int] = {}
         self.flags: dict[str, list[str]] = {}
         self.stored: dict[str, set[int]] = {}
         self.cell_bar = self.batch_bar = None
 
-    def begin(self, cell: Cell, key: str, record: dict, per_task: int | None) -> list[Task]:
-        """Mark a cell running and split its missing batches into tasks (one at least, for its flags)."""
+    def begin(self, cell: Cell, key: str, record: dict) -> None:
+        """Mark a cell running and note the batches a previous run stored."""
         self.store.begin_cell(key, cell.to_json(), record, self.run_id, self.benchmark)
         self.cells[key] = (cell, record)
         self.stored[key] = self.store.completed_batches(key)
-        todo = [b for b in range(batch_count(cell)) if b not in self.stored[key]]
-        size = per_task or max(len(todo), 1)
-        chunks = [tuple(todo[i : i + size]) for i in range(0, len(todo), size)] or [()]
-        self.open_tasks[key] = len(chunks)
-        return [Task(cell, key, chunk, checks=i == 0) for i, chunk in enumerate(chunks)]
+        self.open_tasks[key] = 0
+
+    def tasks(self, chain: list[tuple[Cell, str]], per_task: int | None) -> list[Task]:
+        """A chain's missing batches in tasks of ``per_task`` batches (one task at least per open cell, for its flags)."""
+        todo = {key: {b for b in range(batch_count(cell)) if b not in self.stored[key]}
+                for cell, key in chain if key in self.open_tasks}
+        if not todo:
+            return []
+        batches = sorted(set().union(*todo.values()))
+        size = per_task or max(len(batches), 1)
+        tasks = []
+        for i, chunk in enumerate([batches[i : i + size] for i in range(0, len(batches), size)] or [[]]):
+            stages = tuple(Stage(cell, key, tuple(b for b in chunk if b in todo.get(key, ())), i == 0 and key in todo)
+                           for cell, key in chain)
+            survivors = {(s.key, b): self._survivors(s.cell, s.key, b)
+                         for s in stages[:-1] for b in chunk if b not in s.batches}
+            tasks.append(Task(stages, survivors))
+            for key in todo:
+                self.open_tasks[key] += 1
+        return tasks
+
+    def _survivors(self, cell: Cell, key: str, batch: int) -> tuple[int, ...]:
+        """A stored batch's ``robust_correct`` per example, in the batch's order."""
+        robust = {row["example_id"]: row["robust_correct"] for row in self.store.examples(key) if row["batch"] == batch}
+        ids = self.resolver.cell_examples(cell).ids[batch * cell.batch_size : (batch + 1) * cell.batch_size]
+        return tuple(robust[i] for i in ids)
 
     def open_bars(self, benchmark: str, cells: int, progress: bool) -> None:
         batches = sum(batch_count(cell) - len(self.stored[key]) for key, (cell, _) in self.cells.items())
@@ -191,7 +241,8 @@ class _Driver:
             self.open_tasks[key] -= 1
             if not self.open_tasks[key]:
                 del self.open_tasks[key]
-                self.store.finish_cell(key, summarise(self.store.examples(key)), self.flags.get(key, []))
+                flags = self.flags.get(key, []) + (["cascaded"] if self.cells[key][0].cascade else [])
+                self.store.finish_cell(key, summarise(self.store.examples(key)), flags)
                 self.result.computed.append(key)
                 self.cell_bar.set_postfix_str(describe_cell(self.cells[key][0])[:60])
                 self.cell_bar.update()

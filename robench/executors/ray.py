@@ -78,9 +78,10 @@ class RayExecutor:
                     yield ray.get(next(stream))
                 except StopIteration:
                     del running[stream]
-                except ray.exceptions.RayError as err:  # retries exhausted: the cell becomes an error row
-                    task = running.pop(stream)
-                    yield TaskFailed(task.key, f"{type(err).__name__}: {err}", f"{type(err).__name__}: {err}")
+                except ray.exceptions.RayError as err:  # retries exhausted: its cells become error rows
+                    message = f"{type(err).__name__}: {err}"
+                    for stage in running.pop(stream).stages:
+                        yield TaskFailed(stage.key, message, message)
         finally:
             for stream in running:  # the driver stopped (Ctrl-C, an error): stop the work it will not store
                 ray.cancel(stream, force=True)
