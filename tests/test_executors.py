@@ -75,6 +75,25 @@ def test_ray_stores_the_local_rows_row_for_row(ray_cluster, local_store, tmp_pat
     assert (examples, cells) == _rows(local_store)
 
 
+def test_a_cascade_on_ray_stores_the_local_rows(ray_cluster, tmp_path):
+    from tests.test_cascade import _grid
+
+    cells = list(_grid("tiny", True))
+    stores = {name: tmp_path / f"{name}.sqlite" for name in ("local", "ray")}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with Store(stores["local"]) as store:
+            run_grid(cells, store, benchmark="t", device=CPU, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    with Store(stores["ray"]) as store:
+        result = run_grid(cells, store, benchmark="t", device=CPU, progress=False,
+                          executor=make_executor("ray", batches_per_task=1))
+    assert result.ok and len(result.computed) == 6
+    assert _rows(stores["ray"]) == _rows(stores["local"])
+
+
 def test_a_ray_run_resumes_a_partly_stored_cell_without_duplicates(ray_cluster, local_store, tmp_path):
     path = tmp_path / "s.sqlite"
     shutil.copy(local_store, path)
