@@ -25,7 +25,7 @@ from robench.checks import GRADIENT_KINDS
 from robench.compute import batch_count
 from robench.missing import Expected, split_missing
 from robench.resolve import Resolver
-from robench.runner import describe_cell, prepare
+from robench.runner import cascades, describe_cell, prepare
 from robench.store import Store
 from robench.target import split_eot
 from robench.views import attack_view, attacked_defense, scored_view
@@ -95,6 +95,7 @@ def plan_grid(
     cells, missing = split_missing(cells, expected)
     resolver = Resolver(device, objects)
     prepared = prepare(cells, resolver)
+    cascades(prepared)  # a cascade missing one of its attacks is refused here as by the run
     store = Store(store_path) if store_path is not None and Path(store_path).is_file() else None
     timer = _Timer(resolver, throughput)
     plans = [CellPlan(cell, "missing", reason=reason) for cell, reason in missing.items()]

@@ -161,3 +161,53 @@ def test_a_worker_killed_mid_cell_is_retried_to_the_uninterrupted_rows(ray_clust
     assert (tmp_path / "died").exists(), "the worker must have died once"
     assert result.ok and len(examples) == 96
     assert (examples, cells) == (reference, reference_cells)
+
+
+KILLED_GRID = ["--dataset", "synthetic:image_size=96", "--model", "tiny:size=96", "--defense", "bit-depth", "--attack",
+               "pgd:steps=30", "--eps", "6/255", "-n", "192", "--batch-size", "12", "--no-progress", "--device", "cpu"]
+
+
+@pytest.mark.slow  # three runs of a 16-batch grid: about a minute
+def test_a_killed_ray_driver_resumes_to_the_rows_of_an_uninterrupted_run(ray_cluster, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from robench.grid import expand
+
+    address = ray_cluster.get_runtime_context().gcs_address
+    store = tmp_path / "s.sqlite"
+    command = [sys.executable, "-m", "robench.cli", "run", *KILLED_GRID, "--store", str(store), "--results",
+               str(tmp_path / "r"), "--executor", "ray", "--address", address, "--batches-per-task", "1"]
+    victim = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while _stored_batches(store) < 3 and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert victim.poll() is None, "the run finished before it could be killed; make KILLED_GRID slower"
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=60)
+    assert 3 <= _stored_batches(store) < 16
+
+    resumed = subprocess.run(command, capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    cells = expand({"dataset": "synthetic:image_size=96", "models": ["tiny:size=96"], "defenses": ["bit-depth"],
+                    "attacks": ["pgd:steps=30"], "eps": ["6/255"], "n": 192, "batch_size": 12}, {})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with Store(tmp_path / "ref.sqlite") as reference:
+            run_grid(list(cells), reference, benchmark="t", device=CPU, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert _stored_batches(store) == 16
+    assert _rows(store)[0] == _rows(tmp_path / "ref.sqlite")[0]
+
+
+def _stored_batches(path: Path) -> int:
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(path, timeout=5) as db:
+            return db.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
