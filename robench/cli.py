@@ -193,6 +193,77 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
         sys.exit(1)
 
 
+@main.command("reproduce")
+@click.argument("paper")
+@click.option("--store", "store_path", type=click.Path(dir_okay=False), help=STORE_HELP)
+@click.option("--results", "results_dir", type=click.Path(file_okay=False), default=str(DEFAULT_RESULTS), show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where the benchmarks' cells are computed (see robench run).")
+@click.option("--address", help="Ray cluster to join (see robench run).")
+@click.option("--gpus-per-cell", type=float, help="GPUs each Ray task declares (see robench run).")
+@click.option("--cpus-per-cell", type=float, help="CPUs each Ray task declares (see robench run).")
+@click.option("--dry-run", is_flag=True, help="Print the steps and each benchmark's plan with its cost; run nothing.")
+@click.option("--throughput", type=click.FloatRange(min=0, min_open=True),
+              help="Forward passes per second for --dry-run's times (default: a short calibration here).")
+def reproduce_command(paper, store_path, results_dir, device, executor, address, gpus_per_cell, cpus_per_cell,
+                      dry_run, throughput):
+    """Reproduce PAPER: train the checkpoints its benchmarks declare, run every benchmark, write its tables."""
+    from robench.reproduce import plan_steps
+
+    shared = (["--store", store_path] if store_path else []) + ["--results", results_dir]
+    run_options = ["--device", device, "--executor", executor]
+    for flag, value in (("--address", address), ("--gpus-per-cell", gpus_per_cell), ("--cpus-per-cell", cpus_per_cell)):
+        run_options += [flag, str(value)] if value is not None else []
+    try:
+        names, steps = plan_steps(paper, run_options, shared)
+    except USAGE_ERRORS as err:
+        raise click.UsageError(str(err)) from None
+    for step in steps:
+        click.echo(f"{'done' if step.done else 'todo'}  {step.command}")
+    if dry_run:
+        _plan_benchmarks(names, store_path or store_in(results_dir), device, throughput)
+        return
+    failed = []
+    for step in steps:
+        if step.done:
+            continue
+        click.echo(f"$ {step.command}", err=True)
+        code = run_step(step.command)
+        if code == 1 and step.command.startswith("robench run"):  # failed cells: the other benchmarks still run
+            failed.append(step.command)
+        elif code != 0:
+            click.echo(f"stopped: `{step.command}` exited with {code}; rerun `robench reproduce {paper}` to resume",
+                       err=True)
+            sys.exit(code)
+    if failed:
+        click.echo(f"some cells failed in: {'; '.join(failed)}", err=True)
+        sys.exit(1)
+
+
+def run_step(command: str) -> int:
+    """Run one ``robench ...`` command line with this Python; its exit code."""
+    import subprocess
+
+    return subprocess.call([sys.executable, "-m", "robench.cli", *shlex.split(command)[1:]])
+
+
+def _plan_benchmarks(names: list[str], store_path, device: str, throughput: "float | None") -> None:
+    from robench.env import pick_device
+    from robench.grid import load_benchmark
+    from robench.plan import plan_grid, render_plan
+
+    try:
+        for name in names:
+            grid = load_benchmark(name)
+            plan = plan_grid(list(grid.cells), store_path, device=pick_device(device), expected=grid.expected,
+                             throughput=throughput)
+            click.echo("\n" + render_plan(plan, grid.name), nl=False)
+    except USAGE_ERRORS as err:
+        raise click.UsageError(str(err)) from None
+    click.echo("\ncells that need a checkpoint trained above count as missing until it exists")
+
+
 def _grouped(messages: dict[str, str]) -> dict[str, list[str]]:
     """Cell keys by message, so a reason shared by many cells is printed once."""
     grouped: dict[str, list[str]] = {}
