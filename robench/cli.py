@@ -258,10 +258,11 @@ def _plan_benchmarks(names: list[str], store_path, device: str, throughput: "flo
             grid = load_benchmark(name)
             plan = plan_grid(list(grid.cells), store_path, device=pick_device(device), expected=grid.expected,
                              throughput=throughput)
-            click.echo("\n" + render_plan(plan, grid.name), nl=False)
+            click.echo("\n" + render_plan(plan, grid.name, list_missing=False), nl=False)
     except USAGE_ERRORS as err:
         raise click.UsageError(str(err)) from None
-    click.echo("\ncells that need a checkpoint trained above count as missing until it exists")
+    click.echo("\ncells that need a checkpoint trained above count as missing until it exists "
+               "(robench run BENCHMARK --dry-run lists them with their reasons)")
 
 
 def _grouped(messages: dict[str, str]) -> dict[str, list[str]]:

@@ -98,7 +98,7 @@ def plan_grid(
     cascades(prepared)  # a cascade missing one of its attacks is refused here as by the run
     store = Store(store_path) if store_path is not None and Path(store_path).is_file() else None
     timer = _Timer(resolver, throughput)
-    plans = [CellPlan(cell, "missing", reason=reason) for cell, reason in missing.items()]
+    plans = [_missing_plan(cell, reason, resolver, throughput) for cell, reason in missing.items()]
     try:
         for cell, key, _ in prepared:
             record = store.cell(key) if store is not None else None
@@ -115,6 +115,24 @@ def plan_grid(
             store.close()
     timing = f"{throughput:g} forward passes/s given" if throughput else f"calibrated on {device}"
     return GridPlan(plans, timing, device)
+
+
+def _missing_plan(cell: Cell, reason: str, resolver: Resolver, throughput: float | None) -> CellPlan:
+    """A missing cell's passes once it can run, from its attacks alone (nothing else of it can be built yet).
+
+    Its draws and EOT count as given (not reduced for a deterministic defense): an upper bound.
+    Timed only with a given throughput; an attack that is itself missing leaves it uncosted.
+    """
+    try:
+        scoring, attack = cell_passes(cell, resolver, list(range(batch_count(cell))))
+    except Exception:  # the attack itself is a pending plugin: no cost model to read
+        return CellPlan(cell, "missing", reason=reason)
+    seconds = None
+    if throughput and attack is not None:
+        total = scoring + attack
+        seconds = (total.forward + BACKWARD_IN_FORWARDS * total.backward) / throughput
+    return CellPlan(cell, "missing", reason=reason, batches=batch_count(cell), scoring=scoring, attack=attack,
+                    seconds=seconds)
 
 
 class _Timer:
@@ -172,14 +190,15 @@ def _timed(work: Callable[[], None], repeats: int, device: torch.device) -> floa
     return (time.perf_counter() - began) / repeats
 
 
-def render_plan(plan: GridPlan, title: str) -> str:
-    """The plan as text: counts, missing cells with reasons, passes and time per cell, per defense and in total."""
+def render_plan(plan: GridPlan, title: str, *, list_missing: bool = True) -> str:
+    """The plan as text: counts, missing cells with reasons (unless not ``list_missing``), passes and time per
+    cell, per defense and in total."""
     computed = [p for p in plan.cells if p.status == "compute"]
     stored = [p for p in plan.cells if p.status == "stored"]
     missing = [p for p in plan.cells if p.status == "missing"]
     lines = [f"plan for {title}: {len(computed)} cells to compute, {len(stored)} found in the store, "
              f"{len(missing)} missing"]
-    for p in missing:
+    for p in missing if list_missing else []:
         lines.append(f"  missing: {describe_cell(p.cell)}: {p.reason}")
     if computed:
         rows = [[describe_cell(p.cell), p.batches, *_work(p.passes, p.seconds)] for p in computed]
@@ -200,6 +219,12 @@ def render_plan(plan: GridPlan, title: str) -> str:
         undeclared = sorted({str(p.cell.attack) for p in computed if p.attack is None})
         if undeclared:
             lines.append(f"no cost model declared by: {', '.join(undeclared)} (their cells are left out of the sums)")
+    if missing:
+        passes, seconds = _summed(missing)
+        if passes is not None:
+            when = "" if seconds is None else f", {_duration(seconds)} at the given throughput"
+            lines.append(f"the {len(missing)} missing cells, once they can run: {passes.forward:,} forward and "
+                         f"{passes.backward:,} backward passes at most{when}")
     return "\n".join(lines) + "\n"
 
 
@@ -210,7 +235,8 @@ def _summed(plans: list[CellPlan]) -> tuple[Passes | None, float | None]:
     total = Passes()
     for p in known:
         total = total + p.passes
-    return total, sum(p.seconds for p in known)
+    times = [p.seconds for p in known]
+    return total, None if None in times else sum(times)
 
 
 def _work(passes: Passes | None, seconds: float | None) -> list[str]:

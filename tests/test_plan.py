@@ -106,3 +106,14 @@ def test_run_dry_run_prints_the_plan_and_computes_nothing(tmp_path):
     assert "2 cells to compute, 0 found in the store, 0 missing" in result.output
     assert "calibrated on cpu" in result.output and "CPU-hours" in result.output
     assert not store.exists()
+
+
+def test_a_cell_waiting_for_a_checkpoint_is_costed_from_its_attack(tmp_path):
+    from robench.missing import Expected
+
+    expected = Expected(checkpoints={"later.pt": "produce it with `robench train ...`"})
+    plan = plan_grid([tiny_cell(model="tiny:weights=later.pt")], None, device=CPU, expected=expected, throughput=100.0)
+    (waiting,) = plan.cells
+    assert waiting.status == "missing" and "later.pt not found" in waiting.reason
+    assert waiting.passes == Passes(96 * 2 + 96 * 5 + 16, 96 * 5 + 16)
+    assert "the 1 missing cells, once they can run: 688 forward and 496 backward passes" in render_plan(plan, "t")
