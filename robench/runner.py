@@ -175,6 +175,7 @@ class _Driver:
         self.open_tasks: dict[str, int] = {}
         self.flags: dict[str, list[str]] = {}
         self.stored: dict[str, set[int]] = {}
+        self.robust: dict[str, dict[int, dict[str, int]]] = {}  # stored robust_correct by batch, read once per cell
         self.cell_bar = self.batch_bar = None
 
     def begin(self, cell: Cell, key: str, record: dict) -> None:
@@ -205,7 +206,11 @@ class _Driver:
 
     def _survivors(self, cell: Cell, key: str, batch: int) -> tuple[int, ...]:
         """A stored batch's ``robust_correct`` per example, in the batch's order."""
-        robust = {row["example_id"]: row["robust_correct"] for row in self.store.examples(key) if row["batch"] == batch}
+        if key not in self.robust:
+            self.robust[key] = {}
+            for row in self.store.examples(key):
+                self.robust[key].setdefault(row["batch"], {})[row["example_id"]] = row["robust_correct"]
+        robust = self.robust[key][batch]
         ids = self.resolver.cell_examples(cell).ids[batch * cell.batch_size : (batch + 1) * cell.batch_size]
         return tuple(robust[i] for i in ids)
 
