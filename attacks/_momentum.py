@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robench.attack import Attack
+from robench.attack import Attack, Passes, gradient_steps
 from robench.hyper import check_positive, check_positive_int
 from robench.threat import ThreatModel
 
@@ -102,6 +102,15 @@ class MomentumAttack(Attack):
         self.step_size = step_size
         self.decay = decay
         self.label_mode = label_mode
+
+    def passes(self, n: int, eot: int = 1) -> Passes:
+        per_step = gradient_steps(n * eot, self.gradients_per_step)
+        return per_step * self.steps + Passes(n * eot * (self.label_mode == "pred"))
+
+    @property
+    def gradients_per_step(self) -> int:
+        """Gradients of ``n`` examples one :meth:`direction` call computes (its copies batched as one)."""
+        return 1
 
     def direction(self, model: nn.Module, y: torch.Tensor, threat: ThreatModel) -> Direction:
         """The function ``(x_t, x_look) -> ĝ`` for one run (it may keep state across steps)."""

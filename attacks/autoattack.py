@@ -10,7 +10,7 @@ import pyautoattack
 import torch
 from torch import nn
 
-from robench.attack import Attack
+from robench.attack import Attack, Passes, gradient_steps
 from robench.attacks.apgd import Checkpoints, apgd, apgd_targeted
 from robench.hyper import check_positive_int
 from robench.threat import ThreatModel
@@ -18,6 +18,9 @@ from robench.threat import ThreatModel
 VARIANTS = ("standard", "plus", "rand")  # AutoAttack's own `version` argument
 ENGINES = ("robench", "official")
 APGD_COMPONENTS = ("apgd-ce", "apgd-dlr", "apgd-t")
+# What each component of the official code runs in the standard and rand versions (its _set_version):
+TARGETS, QUERIES, RAND_EOT = 9, 5000, 20
+COMPONENTS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "rand": ("apgd-ce", "apgd-dlr")}
 # AutoAttack logs its own sanity warnings (randomised defense, gradient masking) here.
 logging.getLogger("auto-attack").setLevel(logging.WARNING)
 
@@ -127,6 +130,34 @@ class AutoAttack(Attack):
         return apgd(model, x, y, threat, loss=name.removeprefix("apgd-"), n_iter=params.n_iter,
                     restarts=params.n_restarts, rho=params.thr_decr, eot_iter=params.eot_iter, seed=seed,
                     early_stop=self.early_stop)
+
+
+    def passes(self, n: int, eot: int = 1) -> Passes | None:
+        """An upper bound read from the official code: every component attacks all ``n`` examples.
+
+        ``run_standard_evaluation``'s checks (5 forwards testing for randomness unless ``rand``,
+        output range, dynamic graph) and clean pass, then each component as it runs per example:
+        APGD 1 + (iterations + 1) gradient steps per restart (x 20 EOT draws in ``rand``) and 1
+        check; APGD-T and FAB-T that for each of 9 target classes (FAB-T: a forward and a
+        gradient per iteration, 3 forwards around); Square 5000 queries and 3 forwards around;
+        then 1 check per component, and robench's probe of ``x[:1]`` for the class count. The
+        components skip examples already broken, and with fewer than 10 classes fewer targets
+        run, so a run spends at most this. ``plus`` (untargeted FAB differentiates every logit)
+        declares no cost model.
+        """
+        components = self.components or COMPONENTS.get(self.variant)
+        if components is None:
+            return None
+        draws = RAND_EOT if self.variant == "rand" else 1
+        apgd = gradient_steps(n * draws, self.n_iter + 1) + Passes(n)
+        cost = {"apgd-ce": apgd + Passes(n), "apgd-dlr": apgd + Passes(n), "apgd-t": apgd * TARGETS + Passes(n),
+                "fab-t": (gradient_steps(n, self.n_iter) + Passes(n * (self.n_iter + 3))) * TARGETS + Passes(n),
+                "square": Passes(n * (QUERIES + 3))}
+        checks = 3 if self.variant == "rand" else 8
+        total = Passes(n * (checks + len(components)) + 1)
+        for name in components:
+            total = total + cost[name]
+        return total * eot
 
 
 class _Component(AutoAttack):

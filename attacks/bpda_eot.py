@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robench.attack import Attack
+from robench.attack import Attack, Passes, gradient_steps
 from robench.hyper import check_positive, check_positive_int
 from robench.pgd_kernel import ascend
 from robench.target import split_eot
@@ -44,3 +44,6 @@ class BPDAEOT(Attack):
 
         return ascend(loss_of, x, threat, steps=self.steps, step_size=self.step_size,
                       start="uniform" if self.random_start else "none")
+
+    def passes(self, n: int, eot: int = 1) -> Passes:
+        return gradient_steps(n * eot, self.steps)

@@ -4,7 +4,7 @@ import torch
 import torchattacks
 from torch import nn
 
-from robench.attack import Attack
+from robench.attack import Attack, Passes, gradient_steps
 from robench.threat import ThreatModel
 
 
@@ -15,3 +15,6 @@ class FGSM(Attack):
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
         return torchattacks.FGSM(model, eps=threat.eps)(x, y)
+
+    def passes(self, n: int, eot: int = 1) -> Passes:
+        return gradient_steps(n * eot, 1)

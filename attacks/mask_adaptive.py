@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robench.attack import Attack
+from robench.attack import Attack, Passes, gradient_steps
 from robench.hyper import check_positive, check_positive_int
 from robench.defense import BPDA
 from robench.masks import MaskedDefense, fixed_mask_view
@@ -47,3 +47,6 @@ class MaskAdaptive(Attack):
         view = Pipeline(pipeline.model, fixed_mask_view(defense, defense.sample_masks(x))).eval()
         return ascend(lambda x_adv: F.cross_entropy(view(x_adv), y), x, threat, steps=self.steps,
                       step_size=self.step_size, start="uniform" if self.random_start else "none")
+
+    def passes(self, n: int, eot: int = 1) -> Passes:
+        return gradient_steps(n, self.steps)  # one mask draw, fixed: no EOT

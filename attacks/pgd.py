@@ -10,7 +10,7 @@ import torchattacks
 from torch import nn
 
 from robench import pgd_kernel
-from robench.attack import Attack
+from robench.attack import Attack, Passes, gradient_steps
 from robench.hyper import check_positive, check_positive_int
 from robench.threat import ThreatModel
 
@@ -113,6 +113,13 @@ class PGD(Attack):
             if not pending.any():
                 break
         return best
+
+    def passes(self, n: int, eot: int = 1) -> Passes:
+        """Per restart: ``steps`` gradient steps (and with early stop under bf16, a float32 check each) and,
+        between restarts, one check; an upper bound when early stop or restarts skip broken examples."""
+        checks = self.steps if self.early_stop and self.autocast is not None else 0
+        run = gradient_steps(n * eot, self.steps) + Passes(n * eot * (checks + (self.restarts > 1)))
+        return run * self.restarts + Passes(eot * self.targeted)  # targeted: one probe of x[:1] for the classes
 
     @staticmethod
     def _targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

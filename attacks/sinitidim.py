@@ -54,6 +54,10 @@ class SINITIDIM(TIDIM):
         check_positive_int("scales", scales)
         self.scales = scales
 
+    @property
+    def gradients_per_step(self) -> int:
+        return self.scales  # the scaled copies go through the model as one batch
+
     def direction(self, model: nn.Module, y: torch.Tensor, threat: ThreatModel) -> Direction:
         kernel = self.kernel
 

@@ -35,6 +35,10 @@ class VMIFGSM(MomentumAttack):
         self.N = N
         self.beta = beta
 
+    @property
+    def gradients_per_step(self) -> int:
+        return 1 + self.N  # the gradient at x_look and one per neighbour
+
     def direction(self, model: nn.Module, y: torch.Tensor, threat: ThreatModel) -> Direction:
         radius = self.beta * threat.eps
         variance = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -10,6 +12,25 @@ from robench.threat import ThreatModel
 
 class AttackNotApplicable(ValueError):
     """The attack cannot run under the requested threat model (e.g. an unsupported norm)."""
+
+
+@dataclass(frozen=True)
+class Passes:
+    """Work in passes of single examples through the attacked pipeline: ``forward`` ones, ``backward`` ones."""
+
+    forward: int = 0
+    backward: int = 0
+
+    def __add__(self, other: "Passes") -> "Passes":
+        return Passes(self.forward + other.forward, self.backward + other.backward)
+
+    def __mul__(self, times: int) -> "Passes":
+        return Passes(self.forward * times, self.backward * times)
+
+
+def gradient_steps(n: int, steps: int) -> Passes:
+    """``steps`` forward+backward passes of ``n`` examples: one gradient step each."""
+    return Passes(n * steps, n * steps)
 
 
 class Attack:
@@ -79,6 +100,14 @@ class Attack:
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
         raise NotImplementedError
+
+    def passes(self, n: int, eot: int = 1) -> Passes | None:
+        """The cost model: passes one call on ``n`` examples spends (at most), each EOT draw a pass; None: undeclared.
+
+        Counted on the module the attack is given: with ``eot`` draws, one forward of the EOT
+        view is ``eot`` passes. ``robench run --dry-run`` plans a grid's cost with it.
+        """
+        return None
 
     def unsupported(self, setting: str, defense: nn.Module) -> str | None:
         """Why this attack cannot run in ``setting`` against ``defense`` (None when it can)."""

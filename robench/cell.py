@@ -27,6 +27,9 @@ class Cell:
     except ``restored`` (DIR Eq. 9): its points are the defense's restorations ``g(x')`` of
     ``x'`` (the ``restore_from`` attack on the pipeline, or the natural image when None), and the
     attack and the scoring see the bare model, inside the threat model around ``g(x')``.
+    ``cascade`` names the attacks run before this one on the same examples (a grid's
+    ``cascade: true``): this attack then attacks only the examples still robust after them, and
+    counts the others as robust (its accuracy is an upper bound; the worst case stays exact).
     """
 
     dataset: Spec
@@ -45,11 +48,15 @@ class Cell:
     sources: tuple[Spec, ...] = field(default=())
     attack_defense: Spec | None = None
     restore_from: Spec | None = None
+    cascade: tuple[Spec, ...] = field(default=())
 
     def __post_init__(self):
         for name in ("dataset", "model", "defense", "attack"):
             object.__setattr__(self, name, parse_spec(getattr(self, name)))
         object.__setattr__(self, "sources", tuple(parse_spec(s) for s in self.sources))
+        object.__setattr__(self, "cascade", tuple(parse_spec(s) for s in self.cascade))
+        if self.attack in self.cascade:
+            raise SpecError(f"attack {self.attack} cannot come before itself in its cascade")
         if self.attack_defense is not None:
             object.__setattr__(self, "attack_defense", parse_spec(self.attack_defense))
         if self.restore_from is not None:
@@ -96,6 +103,8 @@ class Cell:
         }
         if self.setting == "restored":
             data["restore_from"] = None if self.restore_from is None else str(self.restore_from)
+        if self.cascade:  # absent when empty: keys of cells without a cascade stay as they were
+            data["cascade"] = [str(s) for s in self.cascade]
         return data
 
     @classmethod
@@ -108,7 +117,7 @@ class Cell:
             sources=tuple(data["sources"]), attack_defense=data["attack_defense"],
             threat=ThreatModel(threat["norm"], threat["eps"], tuple(threat["bounds"])),
             seed=data["seed"], draws=data["draws"], eot=data["eot"], batch_size=data["batch_size"],
-            restore_from=data.get("restore_from"),
+            restore_from=data.get("restore_from"), cascade=tuple(data.get("cascade", ())),
         )
 
     def normalised(self, *, draws_matter: bool, eot_matters: bool) -> "Cell":

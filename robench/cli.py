@@ -131,12 +131,27 @@ def ls_command(kind, name):
 @click.option("--data-root", type=click.Path(file_okay=False), help="Folder with the datasets (or set ROBENCH_DATA).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where cells are computed: this process, or a Ray cluster (pip install 'robench[ray]').")
+@click.option("--address", help="Ray cluster to join: auto, or ray://HOST:10001 (default: start a local one).")
+@click.option("--gpus-per-cell", type=float, default=0, show_default=True, help="GPUs each Ray task declares.")
+@click.option("--cpus-per-cell", type=float, default=1, show_default=True,
+              help="CPUs each Ray task declares (and its torch threads).")
+@click.option("--batches-per-task", type=int, help="Split a cell into Ray tasks of this many batches.")
+@click.option("--cascade", is_flag=True, default=None,
+              help="Run each attack only on the examples the attacks listed before it left robust (exact worst case).")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan (cells to compute, stored, missing; passes and time) and compute nothing.")
+@click.option("--throughput", type=click.FloatRange(min=0, min_open=True),
+              help="Forward passes per second for --dry-run's times (default: a short calibration here).")
 def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, norm, sources, attack_defense,
                 restore_from, n, sample_seed, seed, draws, eot, batch_size, name, store_path, results_dir, data_root,
-                device, progress):
+                device, progress, executor, address, gpus_per_cell, cpus_per_cell, batches_per_task, cascade,
+                dry_run, throughput):
     """Run a registered BENCHMARK (or grid file), or an ad-hoc grid given by options."""
     from robench.destinations import check_results_folder
     from robench.env import pick_device
+    from robench.executors import make_executor
     from robench.grid import Benchmark, adhoc_name, expand, load_benchmark
     from robench.render.term import render_term
     from robench.report import leaderboard, leaderboard_document, pivot_only, write_leaderboard
@@ -147,7 +162,7 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
         os.environ["ROBENCH_DATA"] = data_root
     scalars = {"dataset": dataset, "n": n, "sample_seed": sample_seed, "seed": seed, "draws": draws, "eot": eot,
                "batch_size": batch_size, "norm": norm, "attack_defense": attack_defense, "restore_from": restore_from,
-               "sources": list(sources) or None}
+               "sources": list(sources) or None, "cascade": cascade}
     axes = {"models": list(models), "defenses": list(defenses), "attacks": list(attacks),
             "settings": list(settings), "eps": list(eps)}
     try:
@@ -159,10 +174,21 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
         title = grid.name  # a benchmark file may name itself
         check_results_folder(results_dir, title)
         torch_device = pick_device(device)
+        if dry_run:
+            from robench.plan import plan_grid, render_plan
+
+            plan = plan_grid(list(grid.cells), store_path, device=torch_device, expected=grid.expected,
+                             throughput=throughput)
+            click.echo(render_plan(plan, title), nl=False)
+            return
+        ray_options = {"address": address, "gpus_per_cell": gpus_per_cell, "cpus_per_cell": cpus_per_cell,
+                       "batches_per_task": batches_per_task}
+        runner = make_executor(executor, **(ray_options if executor == "ray" else {}))
         with Store(store_path) as store:
             command = "robench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
             result = run_grid(list(grid.cells), store, benchmark=title, device=torch_device, command=command,
-                              progress=progress, labels=grid.labels, expected=grid.expected, additive=not benchmark)
+                              progress=progress, labels=grid.labels, expected=grid.expected, executor=runner,
+                              additive=not benchmark)
             csv_path, md_path = write_leaderboard(store, title, results_dir)
             frame = leaderboard(store, title)
     except USAGE_ERRORS as err:
@@ -179,6 +205,80 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
         click.echo(f"FAILED {_some(keys)}: {message}", err=True)
     if not result.ok:
         sys.exit(1)
+
+
+@main.command("reproduce")
+@click.argument("paper")
+@click.option("--store", "store_path", type=click.Path(dir_okay=False), help=STORE_HELP)
+@click.option("--results", "results_dir", type=click.Path(file_okay=False), default=str(DEFAULT_RESULTS), show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where the benchmarks' cells are computed (see robench run).")
+@click.option("--address", help="Ray cluster to join (see robench run).")
+@click.option("--gpus-per-cell", type=float, help="GPUs each Ray task declares (see robench run).")
+@click.option("--cpus-per-cell", type=float, help="CPUs each Ray task declares (see robench run).")
+@click.option("--scale", type=click.Choice(["paper", "mini"]), default="paper", show_default=True,
+              help="The paper's benchmarks, or their CPU-sized mini variants (<paper>-<table>-mini).")
+@click.option("--dry-run", is_flag=True, help="Print the steps and each benchmark's plan with its cost; run nothing.")
+@click.option("--throughput", type=click.FloatRange(min=0, min_open=True),
+              help="Forward passes per second for --dry-run's times (default: a short calibration here).")
+def reproduce_command(paper, store_path, results_dir, device, executor, address, gpus_per_cell, cpus_per_cell,
+                      scale, dry_run, throughput):
+    """Reproduce PAPER: train the checkpoints its benchmarks declare, run every benchmark, write its tables."""
+    from robench.reproduce import plan_steps
+
+    shared = (["--store", store_path] if store_path else []) + ["--results", results_dir]
+    run_options = ["--device", device, "--executor", executor]
+    for flag, value in (("--address", address), ("--gpus-per-cell", gpus_per_cell), ("--cpus-per-cell", cpus_per_cell)):
+        run_options += [flag, str(value)] if value is not None else []
+    try:
+        names, steps = plan_steps(paper, run_options, shared, scale)
+    except USAGE_ERRORS as err:
+        raise click.UsageError(str(err)) from None
+    for step in steps:
+        click.echo(f"{'done' if step.done else 'todo'}  {step.command}")
+    if dry_run:
+        _plan_benchmarks(names, store_path or store_in(results_dir), device, throughput)
+        return
+    failed = []
+    for step in steps:
+        if step.done:
+            continue
+        click.echo(f"$ {step.command}", err=True)
+        code = run_step(step.command)
+        if code == 1 and step.command.startswith("robench run"):  # failed cells: the other benchmarks still run
+            failed.append(step.command)
+        elif code != 0:
+            click.echo(f"stopped: `{step.command}` exited with {code}; rerun `robench reproduce {paper}` to resume",
+                       err=True)
+            sys.exit(code)
+    if failed:
+        click.echo(f"some cells failed in: {'; '.join(failed)}", err=True)
+        sys.exit(1)
+
+
+def run_step(command: str) -> int:
+    """Run one ``robench ...`` command line with this Python; its exit code."""
+    import subprocess
+
+    return subprocess.call([sys.executable, "-m", "robench.cli", *shlex.split(command)[1:]])
+
+
+def _plan_benchmarks(names: list[str], store_path, device: str, throughput: "float | None") -> None:
+    from robench.env import pick_device
+    from robench.grid import load_benchmark
+    from robench.plan import plan_grid, render_plan
+
+    try:
+        for name in names:
+            grid = load_benchmark(name)
+            plan = plan_grid(list(grid.cells), store_path, device=pick_device(device), expected=grid.expected,
+                             throughput=throughput)
+            click.echo("\n" + render_plan(plan, grid.name, list_missing=False), nl=False)
+    except USAGE_ERRORS as err:
+        raise click.UsageError(str(err)) from None
+    click.echo("\ncells that need a checkpoint trained above count as missing until it exists "
+               "(robench run BENCHMARK --dry-run lists them with their reasons)")
 
 
 def _grouped(messages: dict[str, str]) -> dict[str, list[str]]:

@@ -13,6 +13,12 @@ if TYPE_CHECKING:
     import pandas as pd
 
 FLAG_DOCS = {
+    "cascaded": (
+        "This attack ran in a cascade (a grid's cascade: true): it attacked only the examples that the "
+        "attacks listed before it left robust, and counts the others as robust. Its own accuracy is "
+        "therefore an upper bound on what it would leave alone; the worst case over the cascade is exact, "
+        "as in AutoAttack, at a fraction of the work."
+    ),
     "undeclared-randomness": (
         "The defense returned different outputs for two identical calls while it declares "
         "stochastic = False. Results were scored with one draw and attacked without EOT, so the "

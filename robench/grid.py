@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -45,7 +45,7 @@ AXES = ("models", "defenses", "attacks", "settings", "eps")
 SCALARS = {
     "dataset": str, "split": str, "n": int, "sample_seed": (int, type(None)), "seed": int, "draws": int,
     "eot": int, "batch_size": int, "norm": str, "sources": list, "attack_defense": (str, type(None)),
-    "restore_from": (str, type(None)),
+    "restore_from": (str, type(None)), "cascade": bool,
 }
 META = ("name", "description", "grids", "paper", "pending", "checkpoints")
 MAX_GRID_BYTES = 1_000_000
@@ -53,7 +53,7 @@ MAX_GRID_VALUES = 100_000
 MAX_CELLS = 100_000
 DEFAULTS = {"settings": ["adaptive"], "split": "test", "n": 64, "sample_seed": None, "seed": 0, "draws": 10, "eot": 10,
             "batch_size": 64, "norm": "Linf", "sources": [], "attack_defense": None,
-            "restore_from": None}
+            "restore_from": None, "cascade": False}
 
 
 @dataclass(frozen=True)
@@ -211,4 +211,7 @@ def _expand_block(block: dict, *, where: str) -> list[tuple[Cell, dict | None]]:
             ),
             labeller(dict(zip(AXES, index))) if labeller else None,
         ))
+    if block["cascade"]:  # each attack runs after the ones listed before it, on what they left robust
+        attacks = [parse_spec(a) for a in axes["attacks"]]
+        cells = [(replace(cell, cascade=tuple(attacks[: attacks.index(cell.attack)])), label) for cell, label in cells]
     return cells

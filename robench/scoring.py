@@ -41,19 +41,22 @@ def score_batch(
     threat: ThreatModel,
     *,
     draws: int = 1,
+    only: torch.Tensor | None = None,
 ) -> BatchScore:
     """Classify ``x`` ``draws`` times, attack the examples right in every draw, check and re-score them.
 
     ``attacker`` is the module the attack differentiates, ``scorer`` the one whose predictions
     count. The caller seeds the global generator; every adversarial example must lie in ``threat``.
+    ``only`` (B,) bool restricts the attack to some examples (a cascade's survivors); the others
+    that are right in every draw are re-scored unattacked.
     """
     clean = predict(scorer, x, draws) == y
-    attacked = clean.all(dim=0)
+    attacked = clean.all(dim=0) if only is None else clean.all(dim=0) & only
     x_adv = x.clone()
     if attacked.any():
         x_adv[attacked] = attack(attacker, x[attacked], y[attacked], threat)
     threat.check(x_adv, x)
     adv_prediction = predict(scorer, x_adv, draws)
-    robust = (adv_prediction == y) & attacked
+    robust = (adv_prediction == y) & clean.all(dim=0)
     return BatchScore(clean, attacked, robust, adv_prediction, threat.distance(x_adv, x))
 

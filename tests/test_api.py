@@ -61,7 +61,7 @@ def test_a_registered_call_is_the_cli_cell_and_is_served_from_its_cache(tmp_path
     def recompute(*args, **kwargs):
         raise AssertionError("a stored cell was recomputed")
 
-    monkeypatch.setattr("robench.runner.evaluate_cell", recompute)
+    monkeypatch.setattr("robench.compute.evaluate_cell", recompute)
     row = only_cell(robench.evaluate("tiny", "bit-depth:bits=5", attacks="pgd:steps=3", store=store, **SMALL))
     assert row["status"] == "done", row["reason"]
     assert row["key"] == cli_row["key"]

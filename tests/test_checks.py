@@ -9,7 +9,8 @@ from robench.checks import run_checks
 from robench.flags import FLAG_DOCS
 from robench.defense import Defense
 from robench.resolve import Resolver
-from robench.runner import evaluate_cell, run_grid
+from robench.compute import evaluate_cell
+from robench.runner import run_grid, summarise
 from robench.store import Store
 from robench.threat import ThreatModel
 
@@ -83,13 +84,11 @@ def test_nonfinite_gradients_are_flagged():
     assert "nonfinite-gradient" in run_checks(_cell(), _resolver_with(NaNGradient()))
 
 
-def test_stochastic_defense_counts_robust_only_if_every_draw_survives(tmp_path):
+def test_stochastic_defense_counts_robust_only_if_every_draw_survives():
     cell = _cell(defense="flip", draws=6, eot=2)
     resolver = _resolver_with(Flip())
-    with Store(tmp_path / "s.sqlite") as store:
-        store.begin_cell("k", cell.to_json(), {}, store.start_run("", {}), "t")
-        summary = evaluate_cell(cell, "k", resolver, store)
-        rows = store.examples("k")
+    rows = [row for batch in evaluate_cell(cell, "k", resolver) for row in batch.rows]
+    summary = summarise(rows)
     partial = [r for r in rows if 0 < r["clean_draw_acc"] < 1]
     assert partial, "the flipped draws of the tiny model must disagree on some examples"
     assert all(r["clean_correct"] == 0 and r["attacked"] == 0 for r in partial)

@@ -17,7 +17,8 @@ import torch
 from robench.attack import Attack
 from robench.cell import Cell, cell_key
 from robench.resolve import ConfigError, Resolver
-from robench.runner import evaluate_cell, run_grid
+from robench.compute import evaluate_cell
+from robench.runner import run_grid
 from robench.store import Store
 from robench.threat import ThreatModel, ThreatModelViolation
 
@@ -136,11 +137,9 @@ def test_an_example_outside_the_threat_model_fails_the_cell_loudly(tmp_path):
     cell = tiny_cell()
     resolver = Resolver(CPU)
     resolver.attack = lambda spec: Escaping()
-    with Store(tmp_path / "s.sqlite") as store:
-        store.begin_cell("k", cell.to_json(), {}, store.start_run("", {}), "t")
-        with pytest.raises(ThreatModelViolation, match="attack Escaping returned .* leave the Linf 6/255 threat model"):
-            evaluate_cell(cell, "k", resolver, store)
-        assert store.completed_batches("k") == set(), "no batch with a violation may be stored"
+    computed = evaluate_cell(cell, "k", resolver)
+    with pytest.raises(ThreatModelViolation, match="attack Escaping returned .* leave the Linf 6/255 threat model"):
+        next(computed)
 
 
 def test_stochastic_defense_is_scored_on_every_draw(tmp_path):
