@@ -207,7 +207,9 @@ def test_ctrl_c_exits_130_and_says_rerunning_resumes(tmp_path):
     args = [sys.executable, "-m", "robench.cli", "run", *BASE, "--attack", "pgd:steps=100000", "-n", "64",
             "--store", str(tmp_path / "s.sqlite"), "--results", str(tmp_path / "r")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # a shell without job control starts background jobs with SIGINT ignored: restore the default
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not (tmp_path / "s.sqlite").exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.1)

@@ -48,20 +48,21 @@ def _rows(path: Path) -> tuple[list, list]:
     return examples, cells
 
 
-def _run(path: Path, executor) -> object:
-    with Store(path) as store:
-        return run_grid(GRID, store, benchmark="t", device=CPU, progress=False, executor=executor)
+def _run(path: Path, executor, grid=GRID) -> object:
+    """Run a grid with one torch thread in the driver too: the cells' provenance (and its sha256) names the threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with Store(path) as store:
+            return run_grid(grid, store, benchmark="t", device=CPU, progress=False, executor=executor)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def local_store(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("local") / "s.sqlite"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the Ray tasks below compute with one thread each: same arithmetic
-    try:
-        _run(path, make_executor("local"))
-    finally:
-        torch.set_num_threads(threads)
+    _run(path, make_executor("local"))  # one thread, as each Ray task below: the same arithmetic
     return path
 
 
@@ -80,16 +81,8 @@ def test_a_cascade_on_ray_stores_the_local_rows(ray_cluster, tmp_path):
 
     cells = list(_grid("tiny", True))
     stores = {name: tmp_path / f"{name}.sqlite" for name in ("local", "ray")}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with Store(stores["local"]) as store:
-            run_grid(cells, store, benchmark="t", device=CPU, progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    with Store(stores["ray"]) as store:
-        result = run_grid(cells, store, benchmark="t", device=CPU, progress=False,
-                          executor=make_executor("ray", batches_per_task=1))
+    _run(stores["local"], make_executor("local"), cells)
+    result = _run(stores["ray"], make_executor("ray", batches_per_task=1), cells)
     assert result.ok and len(result.computed) == 6
     assert _rows(stores["ray"]) == _rows(stores["local"])
 
