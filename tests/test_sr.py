@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import pickle
-
 import numpy as np
 import pytest
 import torch
@@ -154,25 +151,6 @@ def test_bad_options_are_named(spec, mentions):
 def test_gray_images_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="RGB"):
         registry.build("defenses", SMALL)(torch.rand(1, 1, 8, 8))
-
-
-class _Shell:
-    """Pickles as a call of ``os.system``."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-def test_a_crafted_checkpoint_is_refused_without_running_anything(tmp_path):
-    marker = tmp_path / "ran"
-    with open(tmp_path / "evil.pt", "wb") as handle:
-        pickle.dump({"head.0.weight": _Shell(marker)}, handle)
-    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
-        registry.build("defenses", f"{SMALL},weights={tmp_path / 'evil.pt'}")
-    assert not marker.exists()
 
 
 def test_one_training_step_lowers_the_l1_loss_on_a_fixed_batch():
