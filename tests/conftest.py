@@ -39,3 +39,19 @@ def small_target(tmp_path) -> str:
     torch.manual_seed(0)
     torch.save(small_cnn().net.state_dict(), tmp_path / "target.pt")
     return f"small-cnn:weights={tmp_path / 'target.pt'}"
+
+
+def assert_resumes_bit_identically(run, folder: Path) -> None:
+    """``run(name, epochs)`` trains into ``folder / name``: two epochs straight and one-then-resumed give equal weights."""
+    import torch
+
+    from robench.train import Runtime
+
+    quiet = Runtime(progress=False)
+    run("straight.pt", 2).run(runtime=quiet)
+    run("resumed.pt", 1).run(runtime=quiet)
+    run("resumed.pt", 2).run(runtime=quiet)
+    straight = torch.load(folder / "straight.pt", weights_only=True)
+    resumed = torch.load(folder / "resumed.pt", weights_only=True)
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)

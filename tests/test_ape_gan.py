@@ -14,6 +14,7 @@ from robench.defenses.ape_gan.networks import Discriminator, Generator, SameConv
 from robench.defenses.ape_gan.trainer import APEGANRecipe, APEGANTraining
 from robench.models import small_cnn
 from robench.train import Evaluation, Runtime, TrainingError
+from tests.conftest import assert_resumes_bit_identically
 
 QUIET = Runtime(progress=False)
 
@@ -138,13 +139,7 @@ def test_a_run_writes_a_checkpoint_that_loads_as_the_defense(tmp_path, small_tar
 
 
 def test_resuming_gives_the_weights_of_an_uninterrupted_run(tmp_path, small_target):
-    plan(tmp_path, small_target, "straight.pt", epochs=2).run(runtime=QUIET)
-    plan(tmp_path, small_target, "resumed.pt", epochs=1).run(runtime=QUIET)
-    plan(tmp_path, small_target, "resumed.pt", epochs=2).run(runtime=QUIET)
-    straight = torch.load(tmp_path / "straight.pt", weights_only=True)
-    resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
-    assert straight.keys() == resumed.keys()
-    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert_resumes_bit_identically(lambda name, epochs: plan(tmp_path, small_target, name, epochs=epochs), tmp_path)
 
 
 @pytest.mark.parametrize("options, mentions", [

@@ -14,6 +14,7 @@ from robench.defenses.comdefend import ComDefend
 from robench.defenses.comdefend.trainer import ComDefendRecipe, ComDefendTraining
 from robench.models import small_cnn
 from robench.train import Evaluation, Runtime, TrainingError
+from tests.conftest import assert_resumes_bit_identically
 
 QUIET = Runtime(progress=False)
 
@@ -78,13 +79,7 @@ def test_a_run_writes_a_checkpoint_that_loads_as_the_comdefend_defense(tmp_path)
 
 
 def test_resuming_gives_the_weights_of_an_uninterrupted_run(tmp_path):
-    plan(tmp_path, "straight.pt", epochs=2).run(runtime=QUIET)
-    plan(tmp_path, "resumed.pt", epochs=1).run(runtime=QUIET)
-    plan(tmp_path, "resumed.pt", epochs=2).run(runtime=QUIET)
-    straight = torch.load(tmp_path / "straight.pt", weights_only=True)
-    resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
-    assert straight.keys() == resumed.keys()
-    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert_resumes_bit_identically(lambda name, epochs: plan(tmp_path, name, epochs=epochs), tmp_path)
 
 
 def test_gray_images_train_a_one_channel_comdefend(tmp_path):

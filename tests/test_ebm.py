@@ -13,6 +13,7 @@ from robench.defenses.ebm.networks import EnergyNet, langevin
 from robench.defenses.ebm.trainer import EBMRecipe, EBMTraining
 from robench.target import EOT
 from robench.train import Evaluation, Runtime, TrainingError
+from tests.conftest import assert_resumes_bit_identically
 
 QUIET = Runtime(progress=False)
 
@@ -132,12 +133,7 @@ def test_a_run_trains_both_phases_and_loads_as_the_defense(tmp_path):
 
 def test_resuming_gives_the_weights_of_an_uninterrupted_run(tmp_path):
     """The bank of chains is resumed too: without it the resumed run's negatives, and weights, would differ."""
-    plan(tmp_path, "straight.pt", recipe="ebm:chain_steps=2,sgd_epochs=0,chains=6", epochs=2).run(runtime=QUIET)
-    plan(tmp_path, "resumed.pt", recipe="ebm:chain_steps=2,sgd_epochs=0,chains=6", epochs=1).run(runtime=QUIET)
-    plan(tmp_path, "resumed.pt", recipe="ebm:chain_steps=2,sgd_epochs=0,chains=6", epochs=2).run(runtime=QUIET)
-    straight = torch.load(tmp_path / "straight.pt", weights_only=True)
-    resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
-    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert_resumes_bit_identically(lambda name, epochs: plan(tmp_path, name, recipe="ebm:chain_steps=2,sgd_epochs=0,chains=6", epochs=epochs), tmp_path)
 
 
 @pytest.mark.parametrize("options, mentions", [

@@ -11,6 +11,7 @@ from robench import registry
 from robench.checkpoint import sha256_of
 from robench.defenses.hgd.trainer import GUIDES, HGDRecipe, HGDTraining, last_feature_map, training_attacks
 from robench.train import Evaluation, Runtime, TrainingError
+from tests.conftest import assert_resumes_bit_identically
 
 QUIET = Runtime(progress=False)
 MODEL = "hgd:input_size=32,width=4"
@@ -94,13 +95,7 @@ def test_a_run_writes_a_checkpoint_that_loads_as_the_hgd_defense_and_a_card(tmp_
 
 
 def test_resuming_gives_the_weights_of_an_uninterrupted_run(tmp_path):
-    plan(tmp_path, "straight.pt", epochs=2).run(runtime=QUIET)
-    plan(tmp_path, "resumed.pt", epochs=1).run(runtime=QUIET)
-    plan(tmp_path, "resumed.pt", epochs=2).run(runtime=QUIET)
-    straight = torch.load(tmp_path / "straight.pt", weights_only=True)
-    resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
-    assert straight.keys() == resumed.keys()
-    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert_resumes_bit_identically(lambda name, epochs: plan(tmp_path, name, epochs=epochs), tmp_path)
 
 
 def test_paper_schedule_is_the_default():

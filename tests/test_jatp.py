@@ -13,6 +13,7 @@ from robench.defenses.jatp.trainer import JATPRecipe, JATPTraining, features_and
 from robench.models import small_cnn
 from robench.target import Pipeline
 from robench.train import Evaluation, Runtime, TrainingError
+from tests.conftest import assert_resumes_bit_identically
 
 QUIET = Runtime(progress=False)
 
@@ -86,17 +87,16 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch(tmp_path, small_target):
     assert float(after) <= before.item() - predicted / 2
 
 
-def test_a_run_loads_as_the_defense_and_resumes_bit_identically(tmp_path, small_target):
-    run = plan(tmp_path, small_target, "straight.pt", epochs=2)
+def test_a_run_loads_as_the_defense(tmp_path, small_target):
+    run = plan(tmp_path, small_target)
     run.run(runtime=QUIET)
-    loaded = registry.build("defenses", f"jatp:width=4,weights={tmp_path / 'straight.pt'}").eval()
+    loaded = registry.build("defenses", f"jatp:width=4,weights={tmp_path / 'jatp.pt'}").eval()
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(loaded(x), run.module(x))
-    plan(tmp_path, small_target, "resumed.pt", epochs=1).run(runtime=QUIET)
-    plan(tmp_path, small_target, "resumed.pt", epochs=2).run(runtime=QUIET)
-    straight = torch.load(tmp_path / "straight.pt", weights_only=True)
-    resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
-    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_resuming_gives_the_weights_of_an_uninterrupted_run(tmp_path, small_target):
+    assert_resumes_bit_identically(lambda name, epochs: plan(tmp_path, small_target, name, epochs=epochs), tmp_path)
 
 
 @pytest.mark.parametrize("options, mentions", [

@@ -11,6 +11,7 @@ from robench import registry
 from robench.checkpoint import sha256_of
 from robench.defenses.rdp.trainer import RDPRecipe, RDPTraining
 from robench.train import Evaluation, Runtime, TrainingError
+from tests.conftest import assert_resumes_bit_identically
 
 QUIET = Runtime(progress=False)
 RECIPE = 'rdp:features="vgg16:pretrained=false",crop=16,ssp_steps=1,discriminator_width=4'
@@ -41,13 +42,7 @@ def test_a_run_writes_a_checkpoint_that_loads_as_the_rdp_defense_and_a_card_nami
 
 
 def test_resuming_gives_the_weights_of_an_uninterrupted_run(tmp_path):
-    plan(tmp_path, "straight.pt", epochs=2).run(runtime=QUIET)
-    plan(tmp_path, "resumed.pt", epochs=1).run(runtime=QUIET)
-    plan(tmp_path, "resumed.pt", epochs=2).run(runtime=QUIET)
-    straight = torch.load(tmp_path / "straight.pt", weights_only=True)
-    resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
-    assert straight.keys() == resumed.keys()
-    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert_resumes_bit_identically(lambda name, epochs: plan(tmp_path, name, epochs=epochs), tmp_path)
 
 
 def test_random_crops_are_windows_of_each_image_at_their_own_offsets():
