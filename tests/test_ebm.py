@@ -133,7 +133,8 @@ def test_a_run_trains_both_phases_and_loads_as_the_defense(tmp_path):
 
 def test_resuming_gives_the_weights_of_an_uninterrupted_run(tmp_path):
     """The bank of chains is resumed too: without it the resumed run's negatives, and weights, would differ."""
-    assert_resumes_bit_identically(lambda name, epochs: plan(tmp_path, name, recipe="ebm:chain_steps=2,sgd_epochs=0,chains=6", epochs=epochs), tmp_path)
+    recipe = "ebm:chain_steps=2,sgd_epochs=0,chains=6"
+    assert_resumes_bit_identically(lambda name, epochs: plan(tmp_path, name, recipe=recipe, epochs=epochs), tmp_path)
 
 
 @pytest.mark.parametrize("options, mentions", [
