@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -98,3 +101,13 @@ class BPDA(nn.Module):
 def gradient_view(defense: Defense) -> nn.Module:
     """The defense as attacks should differentiate it: itself, or its BPDA view when non-differentiable."""
     return defense if defense.differentiable else BPDA(defense)
+
+
+@contextmanager
+def seeded_init(owner: str, init_seed) -> Iterator[None]:
+    """Build a learned defense's fresh networks from ``init_seed``, leaving the caller's random state as it was."""
+    if isinstance(init_seed, bool) or not isinstance(init_seed, int) or init_seed < 0:
+        raise ValueError(f"{owner}'s init_seed must be an integer >= 0, got {init_seed!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        yield

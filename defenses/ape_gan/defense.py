@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from robench.checkpoint import load_weights
-from robench.defense import Defense
+from robench.defense import Defense, seeded_init
 from robench.defenses.ape_gan.networks import Generator
 from robench.hyper import check_positive_int
 from robench.models.weights import state_dict_from
@@ -39,10 +39,7 @@ class APEGAN(Defense):
         super().__init__()
         check_positive_int("channels", channels)
         check_positive_int("width", width)
-        if isinstance(init_seed, bool) or not isinstance(init_seed, int) or init_seed < 0:
-            raise ValueError(f"APE-GAN's init_seed must be an integer >= 0, got {init_seed!r}")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
+        with seeded_init("APE-GAN", init_seed):
             self.generator = Generator(channels=channels, width=width)
         self.weights = None if weights is None else str(weights)
         self._checkpoints = {} if weights is None else load_weights(self, weights, state_dict_from)

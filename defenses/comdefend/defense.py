@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from robench.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
-from robench.defense import Defense, DefenseInputError
+from robench.defense import Defense, DefenseInputError, seeded_init
 from robench.defenses.comdefend.networks import (
     ComCNN, RecCNN, decoder_channels, encoder_channels, stack_channels, tiled,
 )
@@ -81,8 +81,6 @@ class ComDefend(Defense):
         if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 0):
             raise ValueError(f"ComDefend's tile must be a tile side >= 1 (32, the official script's) or 0 / None "
                              f"for the whole image, got {tile!r}")
-        if isinstance(init_seed, bool) or not isinstance(init_seed, int):
-            raise ValueError(f"ComDefend's init_seed must be an integer, got {init_seed!r}")
         if decoder is not None and weights is None:
             raise ValueError("ComDefend's decoder=PATH names RecCNN's official file; give ComCNN's as weights=PATH too")
         self.weights = None if weights is None else str(weights)
@@ -100,8 +98,7 @@ class ComDefend(Defense):
         else:
             encoder = encoder_channels(in_channels or 3, code_channels or 12)
             decoder = decoder_channels(in_channels or 3, code_channels or 12)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
+        with seeded_init("ComDefend", init_seed):
             self.comcnn, self.reccnn = ComCNN(encoder), RecCNN(decoder)
         for name, entry in states.items():
             load_state_dict_strict(getattr(self, name), entry["state"], source=entry["source"])

@@ -10,7 +10,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from robench.checkpoint import CheckpointError, load_weights
-from robench.defense import DefenseInputError
+from robench.defense import DefenseInputError, seeded_init
 from robench.masks import MaskedDefense
 
 IMAGE_SHAPE = (3, 32, 32)
@@ -115,8 +115,6 @@ class DIR(MaskedDefense):
             )
         if placement not in PLACEMENTS:
             raise ValueError(f"DIR's placement must be one of {PLACEMENTS}, got {placement!r}")
-        if not isinstance(init_seed, int) or isinstance(init_seed, bool):
-            raise ValueError(f"DIR's init_seed must be an integer, got {init_seed!r}")
         self.sizes = view_sizes(mask_ratio, views)
         self.encoder_depth = encoder_depth
         self.decoder_depth = decoder_depth
@@ -128,8 +126,7 @@ class DIR(MaskedDefense):
         self.clamp = bool(clamp)
         self.init_seed = init_seed
         self.weights = None if weights is None else str(weights)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
+        with seeded_init("DIR", init_seed):
             self.encoder = _Encoder(embed_dim, num_heads, encoder_depth)
             self.decoder = _Decoder(embed_dim, num_heads, decoder_depth)
             width = embed_dim // VALUES

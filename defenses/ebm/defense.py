@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from robench.checkpoint import load_weights
-from robench.defense import Defense
+from robench.defense import Defense, seeded_init
 from robench.defenses.ebm.networks import EnergyNet, langevin
 from robench.hyper import check_positive, check_positive_int
 from robench.models.weights import state_dict_under
@@ -47,11 +47,8 @@ class EBMPurification(Defense):
         check_positive_int("steps", steps)
         check_positive("noise", noise)
         check_positive_int("width", width)
-        if isinstance(init_seed, bool) or not isinstance(init_seed, int) or init_seed < 0:
-            raise ValueError(f"the EBM's init_seed must be an integer >= 0, got {init_seed!r}")
         self.steps, self.noise = steps, float(noise)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
+        with seeded_init("the EBM", init_seed):
             self.energy = EnergyNet(width=width)
         self.weights = None if weights is None else str(weights)
         self._checkpoints = {} if weights is None else load_weights(self, weights, state_dict_under("energy."))

@@ -8,7 +8,7 @@ from contextlib import nullcontext
 import torch
 
 from robench.checkpoint import CheckpointError, load_weights
-from robench.defense import Defense
+from robench.defense import Defense, seeded_init
 from robench.defenses.hgd.networks import DUNET
 from robench.models.weights import state_dict_from
 
@@ -51,10 +51,7 @@ class HGD(Defense):
 
     def __init__(self, *, input_size: int = 299, width: int = 64, init_seed: int = 0, weights: "str | None" = None):
         super().__init__()
-        if isinstance(init_seed, bool) or not isinstance(init_seed, int):
-            raise ValueError(f"HGD's init_seed must be an integer, got {init_seed!r}")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
+        with seeded_init("HGD", init_seed):
             self.denoiser = DUNET(input_size=input_size, width=width)
         self.input_size, self.width, self.init_seed = input_size, width, init_seed
         self.weights = None if weights is None else str(weights)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from robench.checkpoint import load_weights
-from robench.defense import Defense
+from robench.defense import Defense, seeded_init
 from robench.defenses.gaussian_noise import GaussianNoise
 from robench.defenses.nrp.networks import ResGenerator, RRDBGenerator
 from robench.models.weights import state_dict_under
@@ -48,16 +48,15 @@ class NRP(Defense):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"NRP's arch must be one of {', '.join(ARCHS)}, got {arch!r}")
-        for name, value in (("nf", nf), ("nb", nb), ("gc", gc), ("init_seed", init_seed)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "init_seed" else 1):
+        for name, value in (("nf", nf), ("nb", nb), ("gc", gc)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"NRP's {name} must be a positive integer, got {value!r}")
         if not isinstance(dynamic, bool):
             raise ValueError(f"NRP's dynamic must be true or false, got {dynamic!r}")
         self.arch, self.dynamic = arch, dynamic
         self.stochastic = dynamic
         self.noise = GaussianNoise(sigma=DYNAMIC_SIGMA, project_eps=DYNAMIC_EPS) if dynamic else None
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
+        with seeded_init("NRP", init_seed):
             self.generator = RRDBGenerator(nf=nf, nb=nb, gc=gc) if arch == "rrdb" else ResGenerator(nf=nf, nb=nb)
         self.weights = None if weights is None else str(weights)
         self._checkpoints = {} if weights is None else load_weights(self, weights, state_dict_under("generator."))

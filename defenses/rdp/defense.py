@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from robench.checkpoint import load_weights
-from robench.defense import Defense
+from robench.defense import Defense, seeded_init
 from robench.defenses.gaussian_noise import GaussianNoise
 from robench.defenses.rdp.networks import PurifierNet
 from robench.models.weights import state_dict_from
@@ -64,10 +64,7 @@ class RDP(Defense):
         self.noise = noise
         self.noise_layer = None if noise is None else GaussianNoise(sigma=noise, project_eps=project_eps)
         self.stochastic = noise is not None
-        if isinstance(init_seed, bool) or not isinstance(init_seed, int):
-            raise ValueError(f"RDP's init_seed must be an integer, got {init_seed!r}")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
+        with seeded_init("RDP", init_seed):
             self.purifier = PurifierNet(width=width, blocks=blocks)
         self.weights = None if weights is None else str(weights)
         self._checkpoints = {} if weights is None else load_weights(self, weights, state_dict_from)

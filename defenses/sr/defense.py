@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from robench.checkpoint import load_weights
-from robench.defense import Defense, DefenseInputError
+from robench.defense import Defense, DefenseInputError, seeded_init
 from robench.defenses.jpeg import JPEG
 from robench.defenses.sr.edsr import EDSR, RGB_RANGE
 from robench.defenses.sr.wavelet import SIGMA_MODES, denoise_batch
@@ -73,13 +73,10 @@ class SR(Defense):
         check_positive("SR's sigma", sigma)
         if sigma_mode not in SIGMA_MODES:
             raise ValueError(f"SR's sigma_mode must be one of {', '.join(map(repr, SIGMA_MODES))}, got {sigma_mode!r}")
-        if isinstance(init_seed, bool) or not isinstance(init_seed, int):
-            raise ValueError(f"SR's init_seed must be an integer, got {init_seed!r}")
         self.jpeg = None if jpeg_quality is None else JPEG(quality=jpeg_quality)  # checks the quality
         self.n_resblocks, self.n_feats, self.res_scale = n_resblocks, n_feats, res_scale
         self.sigma, self.sigma_mode, self.jpeg_quality, self.init_seed = sigma, sigma_mode, jpeg_quality, init_seed
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
+        with seeded_init("SR", init_seed):
             self.edsr = EDSR(n_resblocks=n_resblocks, n_feats=n_feats, res_scale=float(res_scale))
         self.weights = None if weights is None else str(weights)
         self._checkpoints = {} if weights is None else load_weights(self, weights, _state_dict)
