@@ -55,3 +55,14 @@ def assert_resumes_bit_identically(run, folder: Path) -> None:
     resumed = torch.load(folder / "resumed.pt", weights_only=True)
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: tiny per-image work where extra threads only spin (on a shared 2-core machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 import robench
@@ -21,6 +20,8 @@ from robench.errors import ConfigError
 from robench.options import fits
 from robench.spec import SpecError, brief, parse_spec
 from tests.hostile import files
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 BASE = ["--dataset", "synthetic", "--model", "tiny", "--defense", "none", "--eps", "6/255", "-n", "4", "--no-progress"]
 HUGE = "9" * 5000  # past Python's 4300-digit limit for int()
@@ -219,14 +220,6 @@ def test_ctrl_c_exits_130_and_says_rerunning_resumes(tmp_path):
     assert process.returncode == 130, err
     assert "interrupted; every finished batch is kept in" in err and "rerun the same command to resume" in err
     assert "Traceback" not in err
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("features, message", [

@@ -16,13 +16,7 @@ from tests.conftest import DATA, needs_cifar
 DEFENSES = [TVM, MENet]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny per-image solves: extra threads only spin (badly so on a shared 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _images(b=4, c=3, h=16, w=16, seed=0):
