@@ -21,11 +21,11 @@ from robench.pivot import WORST_CASE, pivot_tables
 from robench.spec import Spec, format_fraction, parse_spec
 from robench.store import CellRecord, MissingRecord, Store
 
-CONSTANT = ["model", "dataset", "threat", "setting", "n", "draws", "seed"]  # moved to the header when constant
-SHOWN = ["defense", "model", "dataset", "threat", "setting", "attack", "n", "draws", "seed"]
+CONSTANT = ["model", "dataset", "threat", "setting", "sources", "n", "draws", "seed"]  # moved to the header when constant
+SHOWN = ["defense", "model", "dataset", "threat", "setting", "sources", "attack", "n", "draws", "seed"]
 GROUP = ["dataset", "split", "n", "sample_seed", "model", "defense", "setting", "sources", "threat", "seed", "draws"]
 COLUMNS = [
-    "defense", "model", "dataset", "threat", "setting", "attack", "clean_acc", "robust_acc", "n",
+    "defense", "model", "dataset", "threat", "setting", "sources", "attack", "clean_acc", "robust_acc", "n",
     "robust_ci_low", "robust_ci_high", "robust_draw_acc", "draws", "seed", "flags", "status", "device", "versions", "key", "reason",
 ]
 
@@ -55,7 +55,7 @@ def leaderboard(store: Store, benchmark: str) -> pd.DataFrame:
         return pd.DataFrame(columns=COLUMNS)
     frame = pd.DataFrame(rows)
     frame["_worst"] = frame["attack"] == WORST_CASE
-    frame = frame.sort_values(["dataset", "model", "threat", "setting", "defense", "_worst", "attack"])
+    frame = frame.sort_values(["dataset", "model", "threat", "setting", "sources", "defense", "_worst", "attack"])
     return frame[COLUMNS].reset_index(drop=True)
 
 
@@ -160,7 +160,7 @@ def leaderboard_document(frame: pd.DataFrame, *, title: str, commands: list[str]
                          figures: tuple[tuple[str, str], ...] = (), cell_href=None) -> Document:
     """The leaderboard as a :class:`Document`: constant columns in the header, the pivot, then every cell."""
     constant = {c: _only(frame[c]) for c in CONSTANT if c in frame}
-    constant = {c: v for c, v in constant.items() if v is not None}
+    constant = {c: v for c, v in constant.items() if v}  # a column empty in every row (no sources) is left out
     header = tuple((c, v) for c, v in constant.items()) + provenance(frame["device"], frame["versions"])
     flags = flag_notes(frame["flags"])
     missing = frame[frame["status"] == "missing"]

@@ -35,9 +35,10 @@ def _rows(outcomes: list[int]) -> list[dict]:
     ]
 
 
-def _stored_cell(store: Store, key: str, attack: str, outcomes: list[int]) -> None:
+def _stored_cell(store: Store, key: str, attack: str, outcomes: list[int], sources: tuple[str, ...] = ()) -> None:
+    setting = "transfer" if sources else "adaptive"
     cell = Cell(dataset="synthetic", model="tiny", defense="none", attack=attack,
-                threat=ThreatModel("Linf", 8 / 255), n=len(outcomes))
+                threat=ThreatModel("Linf", 8 / 255), n=len(outcomes), setting=setting, sources=sources)
     store.begin_cell(key, cell.to_json(), {"environment": {"device": "cpu"}}, store.start_run("cmd", {}), "b")
     store.add_batch(key, 0, _rows(outcomes), 0.1)
     robust = sum(outcomes)
@@ -57,6 +58,18 @@ def test_worst_case_is_the_per_example_and_over_attacks(tmp_path):
     assert worst["n"] == 4
 
 
+def test_transfer_rows_name_their_source_and_sources_are_not_mixed_in_a_worst_case(tmp_path):
+    with Store(tmp_path / "s.sqlite") as store:
+        _stored_cell(store, "a", "fgsm", [1, 1, 0, 1], sources=("resnet20",))
+        _stored_cell(store, "b", "mifgsm", [1, 0, 1, 1], sources=("resnet20",))
+        _stored_cell(store, "c", "fgsm", [0, 1, 1, 1], sources=("vgg16",))
+        frame = leaderboard(store, "b")
+    worst = frame[frame["attack"] == WORST_CASE].set_index("sources")
+    assert sorted(frame["sources"].unique()) == ["resnet20", "vgg16"]
+    assert list(worst.index) == ["resnet20"], "a single cell from vgg16 has no worst case of its own"
+    assert worst.loc["resnet20", "robust_acc"] == 0.5
+
+
 def test_leaderboard_is_regenerated_identically_from_the_store_alone(tmp_path):
     cells = [Cell(dataset="synthetic", model="tiny", defense=d, attack="fgsm", threat=ThreatModel("Linf", 6 / 255),
                   n=64) for d in ("none", "bit-depth")]
@@ -68,7 +81,7 @@ def test_leaderboard_is_regenerated_identically_from_the_store_alone(tmp_path):
         second = [p.read_text() for p in write_leaderboard(store, "b", tmp_path / "two")]
     assert first == second
     csv_text, md_text = first
-    assert csv_text.splitlines()[0].startswith("defense,model,dataset,threat,setting,attack,clean_acc,robust_acc,n")
+    assert csv_text.splitlines()[0].startswith("defense,model,dataset,threat,setting,sources,attack,clean_acc,robust_acc,n")
     assert "robench run x" in md_text and "| bit-depth" in md_text
 
 
