@@ -45,8 +45,9 @@ class DeviceOptions:
         autocast: forward passes under ``torch.autocast(device, dtype)``; the logits come back float32.
         channels_last: the model gets its 4-D input in ``torch.channels_last`` memory format. Only
             the input is converted, never the model, which other cells and views may share.
-        compile: the model runs through ``torch.compile``; when compilation fails it runs eagerly
-            and one warning says why.
+        compile: the model runs through ``torch.compile``; when compiling its forward or backward
+            fails it runs eagerly and one warning says why. The first call runs one extra forward
+            and backward pass to find out (a stochastic model draws once more).
     """
 
     autocast: str | None = None
@@ -139,10 +140,16 @@ def float32() -> Iterator[None]:
 
 
 class _Compiled:
-    """``torch.compile(model)``, falling back to ``model`` itself, with one warning, when compiling fails."""
+    """``torch.compile(model)``, falling back to ``model`` itself, with one warning, when compiling fails.
+
+    torch.compile compiles lazily: the forward graph at the first call, the backward graph at the
+    first backward pass. The first call therefore runs one forward and backward pass on a copy
+    of its input, so that a failure of either shows here, not halfway through an attack.
+    """
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor]):
         self.model = model
+        self.tried = False
         try:
             self.compiled = torch.compile(model)
         except Exception as error:  # noqa: BLE001 - any failure of the compiler means: run eagerly
@@ -151,16 +158,26 @@ class _Compiled:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.compiled is not None:
             try:
+                if not self.tried:
+                    self._try(x)
                 return self.compiled(x)
             except Exception as error:  # noqa: BLE001 - dynamo/inductor raise many types; eager decides
                 self._fall_back(error)
         return self.model(x)
 
+    def _try(self, x: torch.Tensor) -> None:
+        probe = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            out = self.compiled(probe)
+            if out.requires_grad:
+                torch.autograd.grad(out.float().sum(), probe, allow_unused=True)
+        self.tried = True
+
     def _fall_back(self, error: Exception) -> None:
         self.compiled = None
-        warnings.warn(f"torch.compile failed on {type(self.model).__name__} ({type(error).__name__}: "
-                      f"{str(error).splitlines()[0] if str(error) else ''}); running it eagerly", RuntimeWarning,
-                      stacklevel=3)
+        message = str(error).splitlines()[0] if str(error) else ""
+        warnings.warn(f"torch.compile failed on {type(self.model).__name__} ({type(error).__name__}: {message}); "
+                      "running it eagerly", RuntimeWarning, stacklevel=3)
 
 
 _COMPILED: "weakref.WeakKeyDictionary[nn.Module, _Compiled]" = weakref.WeakKeyDictionary()

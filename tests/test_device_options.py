@@ -127,7 +127,22 @@ def _fail_later(model, *args, **kwargs):
     return call
 
 
-@pytest.mark.parametrize("compile_fails", [_refuse, _fail_later], ids=["at-compile", "at-first-call"])
+class _BadBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("backward lowering failed")
+
+
+def _fail_at_backward(model, *args, **kwargs):
+    return lambda x: model(_BadBackward.apply(x))
+
+
+@pytest.mark.parametrize("compile_fails", [_refuse, _fail_later, _fail_at_backward],
+                         ids=["at-compile", "at-first-call", "at-first-backward"])
 @pytest.mark.parametrize("spec", ["pgd:steps=3", "bpda-eot:steps=3", "mifgsm:steps=3"])
 def test_compile_falls_back_to_eager_with_one_warning(problem, monkeypatch, compile_fails, spec):
     _, x, y = problem
@@ -140,6 +155,16 @@ def test_compile_falls_back_to_eager_with_one_warning(problem, monkeypatch, comp
             model, x[:16], y[:16], THREAT, seed=SEED)
     assert len([w for w in caught if "torch.compile" in str(w.message)]) == 1
     assert torch.equal(compiled, eager)
+
+
+@pytest.mark.slow
+def test_a_really_compiled_model_gives_the_eager_result(problem):
+    """torch.compile itself (about a minute of compiling on a CPU); a machine without a compiler falls back."""
+    model, x, y = problem
+    eager = registry.build("attacks", "pgd:steps=3,early_stop=true")(model, x[:16], y[:16], THREAT, seed=SEED)
+    compiled = registry.build("attacks", "pgd:steps=3,early_stop=true,compile=true")(
+        model, x[:16], y[:16], THREAT, seed=SEED)
+    assert torch.allclose(compiled, eager, atol=1e-5)
 
 
 # --- (3) early stop: the first misclassified iterate, never fewer successes ------------------------------------
