@@ -87,6 +87,11 @@ class MomentumAttack(TakesDeviceOptions, Attack):
         decay: momentum factor μ.
         label_mode: ``"true"`` ascends the loss of the given labels; ``"pred"`` that of the model's
             own prediction on the clean image, as the TF transfer-attack repositories do.
+        clip_queries: clamp every point the attack queries besides its iterates (the Nesterov
+            look-ahead, VT's neighbours) to the image bounds, as a defended pipeline accepts only
+            images (robench's purifiers refuse anything else). ``False`` queries the unclamped
+            points as the original code and torchattacks do (bit-identical to torchattacks on a
+            bare model; a defense then refuses the query).
         early_stop: after each step, one float32 forward pass checks the iterates; an example the
             attacked model misclassifies keeps that iterate and leaves the batch. In the transfer
             setting that model is the source, and stopping there can weaken transfer: meant for
@@ -101,8 +106,8 @@ class MomentumAttack(TakesDeviceOptions, Attack):
     nesterov = False
 
     def __init__(self, *, steps: int = 10, step_size: float | None = None, decay: float = 1.0,
-                 label_mode: str = "true", early_stop: bool = False, autocast: str | None = AUTO,
-                 channels_last: bool | str = AUTO, compile: bool | str = False):
+                 label_mode: str = "true", clip_queries: bool = True, early_stop: bool = False,
+                 autocast: str | None = AUTO, channels_last: bool | str = AUTO, compile: bool | str = False):
         check_positive_int("steps", steps)
         check_positive("step_size", step_size, optional=True)
         if not decay >= 0:
@@ -113,6 +118,7 @@ class MomentumAttack(TakesDeviceOptions, Attack):
         self.step_size = step_size
         self.decay = decay
         self.label_mode = label_mode
+        self.clip_queries = bool(clip_queries)
         self.early_stop = bool(early_stop)
         self.set_device_options(autocast=autocast, channels_last=channels_last, compile=compile)
 
@@ -124,6 +130,10 @@ class MomentumAttack(TakesDeviceOptions, Attack):
     def gradients_per_step(self) -> int:
         """Gradients of ``n`` examples one :meth:`direction` call computes (its copies batched as one)."""
         return 1
+
+    def query(self, x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+        """A point to query besides the iterates: clamped to the image bounds unless ``clip_queries`` is off."""
+        return x.clamp(*threat.bounds) if self.clip_queries else x
 
     def direction(self, model: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor,
                   threat: ThreatModel) -> Direction:
@@ -145,7 +155,7 @@ class MomentumAttack(TakesDeviceOptions, Attack):
         out, x_adv = x.clone(), x.clone()
         rows = torch.arange(len(x), device=x.device)
         for _ in range(self.steps):
-            x_look = x_adv + (self.decay * alpha) * momentum if self.nesterov else x_adv
+            x_look = self.query(x_adv + (self.decay * alpha) * momentum, threat) if self.nesterov else x_adv
             # Same operation order as torchattacks, so equal settings give bit-identical examples.
             momentum = l1_normalise(direction(x_adv, x_look, rows)) + momentum * self.decay
             x_adv = threat.project(x_adv + alpha * momentum.sign(), x)

@@ -42,16 +42,17 @@ class SINITIDIM(TIDIM):
         steps, step_size, decay, diversity_prob, resize_rate, kernel_size, nsig, label_mode: as
             :class:`TIDIM`, with the defaults above.
         scales: number m of scale copies (5).
-        early_stop, autocast, channels_last, compile: as :class:`robench.attacks._momentum.MomentumAttack`
-            (device options ``auto``: bf16 and channels_last on CUDA, all off on CPU).
+        clip_queries, early_stop, autocast, channels_last, compile: as
+            :class:`robench.attacks._momentum.MomentumAttack` (device options ``auto``: bf16 and
+            channels_last on CUDA, all off on CPU).
     """
 
-    version = "1"
+    version = "2"  # 2: the Nesterov look-ahead clamped to the image bounds (clip_queries)
     nesterov = True
 
     def __init__(self, *, steps: int = 10, step_size: float | None = None, decay: float = 1.0,
                  scales: int = 5, diversity_prob: float = 0.5, resize_rate: float = 331 / 299,
-                 kernel_size: int = 7, nsig: float = 3.0, label_mode: str = "true",
+                 kernel_size: int = 7, nsig: float = 3.0, label_mode: str = "true", clip_queries: bool = True,
                  early_stop: bool = False, autocast: str | None = AUTO, channels_last: bool | str = AUTO,
                  compile: bool | str = False):
         super().__init__(steps=steps, step_size=step_size, decay=decay, diversity_prob=diversity_prob,
@@ -59,6 +60,7 @@ class SINITIDIM(TIDIM):
                          early_stop=early_stop, autocast=autocast, channels_last=channels_last, compile=compile)
         check_positive_int("scales", scales)
         self.scales = scales
+        self.clip_queries = bool(clip_queries)  # DIM and TI-DIM query no look-ahead, so only SI-NI takes it
 
     @property
     def gradients_per_step(self) -> int:
