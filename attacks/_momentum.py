@@ -14,16 +14,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from robench.attack import Attack, Passes, gradient_steps
+from robench.device_options import AUTO, TakesDeviceOptions, float32
 from robench.hyper import check_positive, check_positive_int
 from robench.threat import ThreatModel
 
 LABEL_MODES = ("true", "pred")
 MID_GREY = 0.5
-Direction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (x_t, x_look, rows) -> ĝ for the examples ``rows`` (indices into the batch) still attacked.
+Direction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, transform=None) -> torch.Tensor:
-    """Gradient at ``x`` of the batch-mean cross-entropy of ``model(transform(x))``."""
+def input_gradient(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                   transform=None) -> torch.Tensor:
+    """Gradient at ``x`` of the batch-mean cross-entropy of ``model(transform(x))`` (a module or a wrapped call)."""
     x = x.detach().requires_grad_(True)
     loss = F.cross_entropy(model(x if transform is None else transform(x)), y)
     return torch.autograd.grad(loss, x)[0]
@@ -71,7 +74,7 @@ def smooth(g: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return F.conv2d(g, weight, padding="same", groups=channels)
 
 
-class MomentumAttack(Attack):
+class MomentumAttack(TakesDeviceOptions, Attack):
     """The MI-FGSM loop (Dong et al. 2018); subclasses change only the direction it accumulates.
 
     Each step: ``g ← decay·g + ĝ / mean|ĝ|``, ``x ← Π(x + α·sign(g))``, no random start, where
@@ -84,6 +87,18 @@ class MomentumAttack(Attack):
         decay: momentum factor μ.
         label_mode: ``"true"`` ascends the loss of the given labels; ``"pred"`` that of the model's
             own prediction on the clean image, as the TF transfer-attack repositories do.
+        clip_queries: clamp every point the attack queries besides its iterates (the Nesterov
+            look-ahead, VT's neighbours) to the image bounds, as a defended pipeline accepts only
+            images (robench's purifiers refuse anything else). ``False`` queries the unclamped
+            points as the original code and torchattacks do (bit-identical to torchattacks on a
+            bare model; a defense then refuses the query).
+        early_stop: after each step, one float32 forward pass checks the iterates; an example the
+            attacked model misclassifies keeps that iterate and leaves the batch. In the transfer
+            setting that model is the source, and stopping there can weaken transfer: meant for
+            white-box runs.
+        autocast, channels_last, compile: the device options of :mod:`robench.device_options`
+            (``auto``: bf16 and channels_last on CUDA, all off on CPU); the gradients, the momentum
+            and the step stay float32.
     """
 
     norms = ("Linf",)
@@ -91,7 +106,8 @@ class MomentumAttack(Attack):
     nesterov = False
 
     def __init__(self, *, steps: int = 10, step_size: float | None = None, decay: float = 1.0,
-                 label_mode: str = "true"):
+                 label_mode: str = "true", clip_queries: bool = True, early_stop: bool = False,
+                 autocast: str | None = AUTO, channels_last: bool | str = AUTO, compile: bool | str = False):
         check_positive_int("steps", steps)
         check_positive("step_size", step_size, optional=True)
         if not decay >= 0:
@@ -102,9 +118,12 @@ class MomentumAttack(Attack):
         self.step_size = step_size
         self.decay = decay
         self.label_mode = label_mode
+        self.clip_queries = bool(clip_queries)
+        self.early_stop = bool(early_stop)
+        self.set_device_options(autocast=autocast, channels_last=channels_last, compile=compile)
 
     def passes(self, n: int, eot: int = 1) -> Passes:
-        per_step = gradient_steps(n * eot, self.gradients_per_step)
+        per_step = gradient_steps(n * eot, self.gradients_per_step) + Passes(n * eot * self.early_stop)
         return per_step * self.steps + Passes(n * eot * (self.label_mode == "pred"))
 
     @property
@@ -112,24 +131,44 @@ class MomentumAttack(Attack):
         """Gradients of ``n`` examples one :meth:`direction` call computes (its copies batched as one)."""
         return 1
 
-    def direction(self, model: nn.Module, y: torch.Tensor, threat: ThreatModel) -> Direction:
-        """The function ``(x_t, x_look) -> ĝ`` for one run (it may keep state across steps)."""
-        return lambda x_t, x_look: input_gradient(model, x_look, y)
+    def query(self, x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+        """A point to query besides the iterates: clamped to the image bounds unless ``clip_queries`` is off."""
+        return x.clamp(*threat.bounds) if self.clip_queries else x
+
+    def direction(self, model: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor,
+                  threat: ThreatModel) -> Direction:
+        """The function ``(x_t, x_look, rows) -> ĝ`` for one run (it may keep state across steps).
+
+        ``model`` is the attacked model under the device options; ``y`` the labels of the whole
+        batch, of which ``rows`` are the examples ``x_t`` and ``x_look`` hold.
+        """
+        return lambda x_t, x_look, rows: input_gradient(model, x_look, y[rows])
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
         if self.label_mode == "pred":
             with torch.no_grad():
                 y = model(x).argmax(dim=1)
         alpha = threat.eps / self.steps if self.step_size is None else self.step_size
-        direction = self.direction(model, y, threat)
+        forward = self.device_options(x.device).wrap(model)
+        direction = self.direction(forward, y, threat)
         momentum = torch.zeros_like(x)
-        x_adv = x.clone()
+        out, x_adv = x.clone(), x.clone()
+        rows = torch.arange(len(x), device=x.device)
         for _ in range(self.steps):
-            x_look = x_adv + (self.decay * alpha) * momentum if self.nesterov else x_adv
+            x_look = self.query(x_adv + (self.decay * alpha) * momentum, threat) if self.nesterov else x_adv
             # Same operation order as torchattacks, so equal settings give bit-identical examples.
-            momentum = l1_normalise(direction(x_adv, x_look)) + momentum * self.decay
+            momentum = l1_normalise(direction(x_adv, x_look, rows)) + momentum * self.decay
             x_adv = threat.project(x_adv + alpha * momentum.sign(), x)
-        return x_adv
+            if self.early_stop:
+                with torch.no_grad(), float32():
+                    broken = forward(x_adv).argmax(dim=1) != y[rows]
+                out[rows[broken]] = x_adv[broken]
+                keep = ~broken
+                rows, x, x_adv, momentum = rows[keep], x[keep], x_adv[keep], momentum[keep]
+                if not len(rows):
+                    return out
+        out[rows] = x_adv
+        return out
 
 
 def check_probability(name: str, p: float) -> None:

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from robench.attacks._momentum import Direction, MomentumAttack, check_probability, diverse_input, input_gradient
+from robench.device_options import AUTO
 from robench.threat import ThreatModel
 
 
@@ -32,13 +33,18 @@ class DIM(MomentumAttack):
         steps, step_size, decay, label_mode: as :class:`robench.attacks.mifgsm.MIFGSM`.
         diversity_prob: probability p of transforming the input at a step (0.7).
         resize_rate: padded size over image size, > 1 (330/299).
+        early_stop, autocast, channels_last, compile: as :class:`robench.attacks._momentum.MomentumAttack`
+            (device options ``auto``: bf16 and channels_last on CUDA, all off on CPU).
     """
 
     version = "1"
 
     def __init__(self, *, steps: int = 10, step_size: float | None = None, decay: float = 1.0,
-                 diversity_prob: float = 0.7, resize_rate: float = 330 / 299, label_mode: str = "true"):
-        super().__init__(steps=steps, step_size=step_size, decay=decay, label_mode=label_mode)
+                 diversity_prob: float = 0.7, resize_rate: float = 330 / 299, label_mode: str = "true",
+                 early_stop: bool = False, autocast: str | None = AUTO, channels_last: bool | str = AUTO,
+                 compile: bool | str = False):
+        super().__init__(steps=steps, step_size=step_size, decay=decay, label_mode=label_mode,
+                         early_stop=early_stop, autocast=autocast, channels_last=channels_last, compile=compile)
         check_probability("diversity_prob", diversity_prob)
         if not resize_rate > 1:
             raise ValueError(f"resize_rate must exceed 1 (DI enlarges the image), got {resize_rate!r}")
@@ -50,4 +56,4 @@ class DIM(MomentumAttack):
         return diverse_input(x, resize_rate=self.resize_rate, p=self.diversity_prob)
 
     def direction(self, model: nn.Module, y: torch.Tensor, threat: ThreatModel) -> Direction:
-        return lambda x_t, x_look: input_gradient(model, x_look, y, self.transform)
+        return lambda x_t, x_look, rows: input_gradient(model, x_look, y[rows], self.transform)

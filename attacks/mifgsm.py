@@ -14,6 +14,8 @@ class MIFGSM(MomentumAttack):
         step_size: α; None means ``eps / steps``.
         decay: momentum factor μ (1.0).
         label_mode: ``"true"`` (given labels) or ``"pred"`` (the model's clean prediction).
+        early_stop, autocast, channels_last, compile: as :class:`robench.attacks._momentum.MomentumAttack`
+            (device options ``auto``: bf16 and channels_last on CUDA, all off on CPU).
     """
 
     version = "1"

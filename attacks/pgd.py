@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 import torch.nn.functional as F
 import torchattacks
@@ -11,19 +9,17 @@ from torch import nn
 
 from robench import pgd_kernel
 from robench.attack import Attack, Passes, gradient_steps
+from robench.device_options import AUTO, DeviceOptions, TakesDeviceOptions
 from robench.hyper import check_positive, check_positive_int
 from robench.threat import ThreatModel
 
-AUTOCAST = {None: None, "bf16": torch.bfloat16}
-
-
-class PGD(Attack):
+class PGD(TakesDeviceOptions, Attack):
     """Projected gradient ascent on the cross-entropy (Madry et al. 2018).
 
-    With every speed option off, this is torchattacks.PGD (Linf) / PGDL2 (L2), unchanged. With
-    any of ``early_stop``, ``autocast`` or ``channels_last`` on, it runs :func:`pgd_loop`, robench's
-    own loop with the same update rule and the same random start (drawn as torchattacks draws
-    it). robench implements that loop itself because torchattacks has no early stop and no
+    When neither ``early_stop`` nor a device option is on, this is torchattacks.PGD (Linf) /
+    PGDL2 (L2), unchanged: the CPU default. Otherwise it runs :func:`pgd_loop`, robench's own
+    loop with the same update rule and the same random start (drawn as torchattacks draws it).
+    robench implements that loop itself because torchattacks has no early stop and no
     autocast: its PGD always runs every step on the whole batch in float32.
 
     Args:
@@ -39,16 +35,12 @@ class PGD(Attack):
             broken end on the same iterate as without it. On a stochastic pipeline (or an EOT
             view) "misclassified" is judged on the draw the step's forward pass saw; the runner's
             re-scoring of every returned example through the real pipeline decides robustness.
-        autocast: None (float32) or ``"bf16"``: forward and backward under
-            ``torch.autocast(device, torch.bfloat16)`` on CPU or CUDA; the input, its gradient,
-            the step and the projection stay float32, so the result lies in the threat model.
-            With ``early_stop``, an example is only dropped once a float32 forward pass agrees
-            it is broken. Fast on GPUs and CPUs with native bf16; much slower on CPUs without it.
-        channels_last: give the model its input in ``torch.channels_last`` memory format (4-D
-            images only). Only the input tensor is converted, never the model: the model may be
-            shared by other cells and views (Pipeline, EOT), and convolutions follow the input's
-            format anyway. A model that calls ``.view`` on a channels-last activation raises; use
-            the default format for it. The returned images keep the layout of ``x``.
+            Under autocast an example is only dropped once a float32 forward pass agrees.
+        autocast, channels_last, compile: the device options of :mod:`robench.device_options`
+            (``auto``: bf16 and channels_last on CUDA, all off on CPU). The input, its gradient,
+            the step and the projection stay float32, so the result lies in the threat model;
+            the returned images keep the layout of ``x``. A model that calls ``.view`` on a
+            channels-last activation raises; give it ``channels_last=false``.
     """
 
     def __init__(
@@ -60,34 +52,32 @@ class PGD(Attack):
         restarts: int = 1,
         targeted: bool = False,
         early_stop: bool = False,
-        autocast: str | None = None,
-        channels_last: bool = False,
+        autocast: str | None = AUTO,
+        channels_last: bool | str = AUTO,
+        compile: bool | str = False,
     ):
         check_positive_int("steps", steps)
         check_positive_int("restarts", restarts)
         check_positive("step_size", step_size, optional=True)
-        if autocast not in AUTOCAST:
-            raise ValueError(f"autocast must be None or 'bf16', got {autocast!r}")
+        self.set_device_options(autocast=autocast, channels_last=channels_last, compile=compile)
         self.steps = steps
         self.step_size = step_size
         self.random_start = random_start
         self.restarts = restarts
         self.targeted = targeted
         self.early_stop = bool(early_stop)
-        self.autocast = autocast
-        self.channels_last = bool(channels_last)
 
-    @property
-    def native(self) -> bool:
-        """True when robench's own loop runs (any speed option on); False: torchattacks."""
-        return self.early_stop or self.autocast is not None or self.channels_last
+    def native(self, device: "torch.device | str") -> bool:
+        """True when robench's own loop runs on ``device`` (early stop or a device option on); False: torchattacks."""
+        return self.early_stop or self.device_options(device).on
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
-        if self.channels_last and x.dim() != 4:
+        options = self.device_options(x.device)
+        if options.channels_last and x.dim() != 4:
             raise ValueError(f"channels_last needs 4-D images (B, C, H, W); got shape {tuple(x.shape)}")
-        # torchattacks has no early stop and no autocast, so any speed option runs robench's own
+        # torchattacks has no early stop and no autocast, so any of them runs robench's own
         # loop; with all of them off the torchattacks path stays, equal to calling it directly.
-        attack = None if self.native else self._torchattack(model, threat)
+        attack = None if self.native(x.device) else self._torchattack(model, threat)
         goal = self._targets(model, x, y) if self.targeted else y
         best = x.clone()
         pending = torch.ones(len(x), dtype=torch.bool, device=x.device)
@@ -96,7 +86,7 @@ class PGD(Attack):
                 x_adv = pgd_loop(
                     model, x[pending], goal[pending], threat, steps=self.steps,
                     step_size=self._step_size(threat), random_start=self.random_start, targeted=self.targeted,
-                    early_stop=self.early_stop, autocast=self.autocast, channels_last=self.channels_last,
+                    early_stop=self.early_stop, options=options,
                 )
             else:
                 if self.targeted:
@@ -115,9 +105,9 @@ class PGD(Attack):
         return best
 
     def passes(self, n: int, eot: int = 1) -> Passes:
-        """Per restart: ``steps`` gradient steps (and with early stop under bf16, a float32 check each) and,
+        """Per restart: ``steps`` gradient steps (and with early stop under autocast, a float32 check each) and,
         between restarts, one check; an upper bound when early stop or restarts skip broken examples."""
-        checks = self.steps if self.early_stop and self.autocast is not None else 0
+        checks = self.steps if self.early_stop and self.autocast not in (None, "off") else 0
         run = gradient_steps(n * eot, self.steps) + Passes(n * eot * (checks + (self.restarts > 1)))
         return run * self.restarts + Passes(eot * self.targeted)  # targeted: one probe of x[:1] for the classes
 
@@ -150,64 +140,35 @@ def pgd_loop(
     random_start: bool = True,
     targeted: bool = False,
     early_stop: bool = False,
-    autocast: str | None = None,
-    channels_last: bool = False,
+    options: DeviceOptions = DeviceOptions(),
 ) -> torch.Tensor:
-    """PGD with torchattacks' update rule, plus early stop, bf16 autocast and channels_last (see :class:`PGD`).
+    """PGD with torchattacks' update rule, plus early stop and the device options (see :class:`PGD`).
 
-    Written here rather than called from torchattacks, which has none of the three options; the
-    start, step and projection are :mod:`robench.pgd_kernel`'s.
-    ``x`` (B, C, H, W) in the threat model's bounds; ``goal`` (B,) the true labels, or the target
-    labels when ``targeted``. Returns the adversarial images (B, C, H, W), float32, laid out as ``x``.
+    Written here rather than called from torchattacks, which has none of these options; the
+    loop is :func:`robench.pgd_kernel.ascend`. ``x`` (B, C, H, W) in the threat model's bounds;
+    ``goal`` (B,) the true labels, or the target labels when ``targeted``. Returns the
+    adversarial images (B, C, H, W), float32, laid out as ``x``.
     """
+    if len(x) == 0:
+        return x.clone()
+    forward = options.wrap(model)
     total = len(x)
-    out = x.clone()
-    if total == 0:
-        return out
-    dtype = AUTOCAST[autocast]
-    # Drawn on the input as given, before any layout change, exactly as torchattacks draws it.
-    x_adv = pgd_kernel.random_start(x, threat, "uniform" if random_start else "none")
-    if channels_last:
-        x, x_adv = (t.contiguous(memory_format=torch.channels_last) for t in (x, x_adv))
-    active = torch.arange(total, device=x.device)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        with torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext():
-            logits = model(x_adv)
+
+    def loss_of(x_adv: torch.Tensor, rows: torch.Tensor | None = None):
+        labels = goal if rows is None else goal[rows]
+        logits = forward(x_adv)
         # Summed and divided by the whole batch: each example's gradient is what torchattacks'
         # mean over the full batch gives it, however many examples early stop has dropped.
-        loss = F.cross_entropy(logits.float(), goal, reduction="sum") / total
-        (grad,) = torch.autograd.grad(-loss if targeted else loss, x_adv)
-        x_adv = x_adv.detach()
-        if early_stop:
-            # The forward pass just made scores the current iterate: broken ones are kept as
-            # they are (their first successful iterate) and leave the batch before the next step.
-            # Reusing it costs each broken example one wasted backward pass, where a separate
-            # check would cost every step one more forward pass over the whole active batch.
-            done = _broken(model, x_adv, logits.detach(), goal, targeted, confirm=dtype is not None)
-            if done.any():
-                out[active[done]] = x_adv[done]
-                keep = ~done
-                active, x, x_adv, goal, grad = active[keep], x[keep], x_adv[keep], goal[keep], grad[keep]
-                if not len(active):
-                    return out
-        x_adv = pgd_kernel.step(x_adv, x, grad, threat, step_size)
-    out[active] = x_adv
-    return out
+        loss = F.cross_entropy(logits.float(), labels, reduction="sum") / total
+        loss = -loss if targeted else loss
+        if rows is None:
+            return loss
+        # The forward pass just made scores the current iterate: reusing it costs each broken
+        # example one wasted backward pass, where a separate check would cost every step one
+        # more forward pass over the whole active batch.
+        prediction = logits.detach().argmax(dim=1)
+        return loss, prediction == labels if targeted else prediction != labels
 
-
-def _broken(
-    model: nn.Module, x_adv: torch.Tensor, logits: torch.Tensor, goal: torch.Tensor, targeted: bool, *, confirm: bool
-) -> torch.Tensor:
-    """Which iterates are misclassified (targeted: hit ``goal``); ``confirm`` re-checks candidates in float32."""
-
-    def hit(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        prediction = scores.argmax(dim=1)
-        return prediction == labels if targeted else prediction != labels
-
-    done = hit(logits, goal)
-    if confirm and done.any():  # a bf16 forward pass alone must not end an example's attack
-        index = done.nonzero().flatten()
-        with torch.no_grad():
-            done[index] = hit(model(x_adv[index]), goal[index])
-    return done
+    return pgd_kernel.ascend(loss_of, x, threat, steps=steps, step_size=step_size,
+                             start="uniform" if random_start else "none", early_stop=early_stop,
+                             confirm=early_stop and options.autocast is not None)

@@ -8,6 +8,7 @@ from torch import nn
 from robench.attacks._momentum import MID_GREY, Direction, smooth
 from robench.hyper import check_positive_int
 from robench.attacks.tidim import TIDIM
+from robench.device_options import AUTO
 from robench.threat import ThreatModel
 
 
@@ -41,18 +42,25 @@ class SINITIDIM(TIDIM):
         steps, step_size, decay, diversity_prob, resize_rate, kernel_size, nsig, label_mode: as
             :class:`TIDIM`, with the defaults above.
         scales: number m of scale copies (5).
+        clip_queries, early_stop, autocast, channels_last, compile: as
+            :class:`robench.attacks._momentum.MomentumAttack` (device options ``auto``: bf16 and
+            channels_last on CUDA, all off on CPU).
     """
 
-    version = "1"
+    version = "2"  # 2: the Nesterov look-ahead clamped to the image bounds (clip_queries)
     nesterov = True
 
     def __init__(self, *, steps: int = 10, step_size: float | None = None, decay: float = 1.0,
                  scales: int = 5, diversity_prob: float = 0.5, resize_rate: float = 331 / 299,
-                 kernel_size: int = 7, nsig: float = 3.0, label_mode: str = "true"):
+                 kernel_size: int = 7, nsig: float = 3.0, label_mode: str = "true", clip_queries: bool = True,
+                 early_stop: bool = False, autocast: str | None = AUTO, channels_last: bool | str = AUTO,
+                 compile: bool | str = False):
         super().__init__(steps=steps, step_size=step_size, decay=decay, diversity_prob=diversity_prob,
-                         resize_rate=resize_rate, kernel_size=kernel_size, nsig=nsig, label_mode=label_mode)
+                         resize_rate=resize_rate, kernel_size=kernel_size, nsig=nsig, label_mode=label_mode,
+                         early_stop=early_stop, autocast=autocast, channels_last=channels_last, compile=compile)
         check_positive_int("scales", scales)
         self.scales = scales
+        self.clip_queries = bool(clip_queries)  # DIM and TI-DIM query no look-ahead, so only SI-NI takes it
 
     @property
     def gradients_per_step(self) -> int:
@@ -61,12 +69,13 @@ class SINITIDIM(TIDIM):
     def direction(self, model: nn.Module, y: torch.Tensor, threat: ThreatModel) -> Direction:
         kernel = self.kernel
 
-        def summed(x_t: torch.Tensor, x_look: torch.Tensor) -> torch.Tensor:
+        def summed(x_t: torch.Tensor, x_look: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             x_look = x_look.detach().requires_grad_(True)
             copies = scale_copies(x_look, self.scales).chunk(self.scales)
             logits = model(torch.cat([self.transform(c) for c in copies]))
             # Sum over copies of each copy's batch-mean cross-entropy, as the original.
-            loss = F.cross_entropy(logits, y.repeat(self.scales), reduction="sum") / len(y)
+            labels = y[rows]
+            loss = F.cross_entropy(logits, labels.repeat(self.scales), reduction="sum") / len(labels)
             return smooth(torch.autograd.grad(loss, x_look)[0], kernel)
 
         return summed

@@ -6,6 +6,7 @@ from torch import nn
 
 from robench.attacks._momentum import Direction, gaussian_kernel, input_gradient, smooth
 from robench.attacks.dim import DIM
+from robench.device_options import AUTO
 from robench.threat import ThreatModel
 
 
@@ -26,15 +27,19 @@ class TIDIM(DIM):
             repository's flag is p = 0.4, robench follows the TI paper / RDP's DIM with 0.7.
         kernel_size: side of the Gaussian kernel (15, the TI repository).
         nsig: half-width of the sampled interval in standard deviations (3).
+        early_stop, autocast, channels_last, compile: as :class:`robench.attacks._momentum.MomentumAttack`
+            (device options ``auto``: bf16 and channels_last on CUDA, all off on CPU).
     """
 
     version = "1"
 
     def __init__(self, *, steps: int = 10, step_size: float | None = None, decay: float = 1.0,
                  diversity_prob: float = 0.7, resize_rate: float = 330 / 299, kernel_size: int = 15,
-                 nsig: float = 3.0, label_mode: str = "true"):
+                 nsig: float = 3.0, label_mode: str = "true", early_stop: bool = False,
+                 autocast: str | None = AUTO, channels_last: bool | str = AUTO, compile: bool | str = False):
         super().__init__(steps=steps, step_size=step_size, decay=decay, diversity_prob=diversity_prob,
-                         resize_rate=resize_rate, label_mode=label_mode)
+                         resize_rate=resize_rate, label_mode=label_mode, early_stop=early_stop,
+                         autocast=autocast, channels_last=channels_last, compile=compile)
         if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
         if not nsig > 0:
@@ -49,4 +54,4 @@ class TIDIM(DIM):
 
     def direction(self, model: nn.Module, y: torch.Tensor, threat: ThreatModel) -> Direction:
         kernel = self.kernel
-        return lambda x_t, x_look: smooth(input_gradient(model, x_look, y, self.transform), kernel)
+        return lambda x_t, x_look, rows: smooth(input_gradient(model, x_look, y[rows], self.transform), kernel)

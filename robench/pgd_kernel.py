@@ -9,10 +9,11 @@ these pieces gives torchattacks' iterates draw for draw.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
+from robench.device_options import float32
 from robench.threat import ThreatModel
 
 STARTS = ("none", "uniform", "normal", "noise-image")
@@ -69,7 +70,7 @@ def step(
 
 
 def ascend(
-    loss_of: Callable[[torch.Tensor], torch.Tensor],
+    loss_of: Callable[..., Any],
     x: torch.Tensor,
     threat: ThreatModel,
     *,
@@ -78,16 +79,46 @@ def ascend(
     start: str = "uniform",
     generator: torch.Generator | None = None,
     project: bool = True,
+    early_stop: bool = False,
+    confirm: bool = False,
 ) -> torch.Tensor:
     """PGD: ``steps`` :func:`step` s ascending the scalar ``loss_of(x_adv)`` from :func:`random_start`; returns x_adv detached.
 
     ``x`` (B, C, H, W) in the threat model's bounds. With ``project`` False the iterates are
     never projected (DIR's released inner maximisation); every other caller keeps the default.
+
+    ``early_stop``: each example keeps its first iterate its attack counts as a success and
+    leaves the batch. ``loss_of`` is then called as ``loss_of(x_adv, rows)`` on the examples
+    ``rows`` (indices into ``x``) still attacked and returns ``(loss, broken)``, ``broken`` (b,)
+    judged on the same forward pass. ``confirm`` re-judges a candidate under
+    :func:`robench.device_options.float32` before it leaves (needed when the forward ran under
+    autocast: a bf16 verdict alone must not end an example's attack).
     """
     x = x.detach()
     x_adv = random_start(x, threat, start, generator=generator)
+    if not early_stop:
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            (grad,) = torch.autograd.grad(loss_of(x_adv), x_adv)
+            x_adv = step(x_adv, x, grad, threat, step_size, project=project)
+        return x_adv.detach()
+    out = x_adv.detach().clone()
+    rows = torch.arange(len(x), device=x.device)
     for _ in range(steps):
         x_adv.requires_grad_(True)
-        (grad,) = torch.autograd.grad(loss_of(x_adv), x_adv)
+        loss, broken = loss_of(x_adv, rows)
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv, broken = x_adv.detach(), broken.detach().clone()
+        if confirm and broken.any():
+            index = broken.nonzero().flatten()
+            with torch.no_grad(), float32():
+                broken[index] = loss_of(x_adv[index], rows[index])[1]
+        if broken.any():
+            out[rows[broken]] = x_adv[broken]
+            keep = ~broken
+            rows, x, x_adv, grad = rows[keep], x[keep], x_adv[keep], grad[keep]
+            if not len(rows):
+                return out
         x_adv = step(x_adv, x, grad, threat, step_size, project=project)
-    return x_adv.detach()
+    out[rows] = x_adv.detach()
+    return out

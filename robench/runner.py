@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from robench import checks
+from robench import checks, device_options
 from robench.cell import Cell, cell_key
 from robench.compute import BatchDone, Event, Stage, Task, TaskFailed, batch_count, batch_size_of
 from robench.env import environment
@@ -264,8 +264,13 @@ class _Driver:
                 self.store.tag(key, self.benchmark)
                 self.result.cached.append(key)
             elif claims[key] == "claimed":
-                self.begin(cell, key, {**provenance, "environment": self.env})
+                self.begin(cell, key, {**provenance, "environment": self.env, **self.device_record(cell)})
         return self.tasks([(cell, key) for cell, key, _ in chain], per_task)
+
+    def device_record(self, cell: Cell) -> dict:
+        """The device options the cell's attack runs with, for its provenance (never its key)."""
+        options = device_options.record(self.resolver.attack(cell.attack), self.resolver.device)
+        return {} if options is None else {"device_options": options}
 
     def begin(self, cell: Cell, key: str, record: dict) -> None:
         """Mark a cell running and note the batches a previous run stored whole (a partly stored one is redone)."""

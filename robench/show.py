@@ -84,7 +84,8 @@ def provenance_fields(provenance: dict, attack: str) -> list[tuple[str, str]]:
     checkpoints = [f"{owner}: {name} sha256 {sha}"
                    for owner, found in provenance.get("checkpoints", {}).items() for name, sha in _flat(found)]
     lines = [("machine", machine_label(env) if env else ""), ("versions", versions),
-             ("plugin versions", ", ".join(plugins)), ("data sha256", str(provenance.get("data", ""))[:16])]
+             ("plugin versions", ", ".join(plugins)), ("data sha256", str(provenance.get("data", ""))[:16]),
+             ("device options", ", ".join(f"{k}={v}" for k, v in provenance.get("device_options", {}).items()))]
     return [(name, value) for name, value in lines if value] + [("checkpoint", line) for line in checkpoints]
 
 

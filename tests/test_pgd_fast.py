@@ -158,7 +158,7 @@ def test_early_stop_runs_through_a_stochastic_eot_view(cifar32, shared_data):
 
 def test_invalid_speed_options_are_refused():
     with pytest.raises(ValueError, match="autocast"):
-        registry.build("attacks", "pgd:autocast=fp16")
+        registry.build("attacks", "pgd:autocast=fp8")
     with pytest.raises(ValueError, match="channels_last"):
         registry.build("attacks", "pgd:channels_last=true")(
             torch.nn.Linear(4, 2), torch.rand(3, 4), torch.zeros(3, dtype=torch.long), LINF8)

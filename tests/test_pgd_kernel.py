@@ -118,7 +118,7 @@ def test_pgd_own_loop_equals_the_torchattacks_path_on_a_fixed_seed(tiny, threat)
     model, x, y = tiny
     torchattacks_path = registry.build("attacks", "pgd:steps=5")
     own_loop = registry.build("attacks", "pgd:steps=5,channels_last=true")  # any speed option runs the kernel loop
-    assert own_loop.native and not torchattacks_path.native
+    assert own_loop.native("cpu") and not torchattacks_path.native("cpu")
     x4 = x.contiguous()
     assert torch.allclose(own_loop(model, x4, y, threat, seed=6), torchattacks_path(model, x4, y, threat, seed=6),
                           atol=1e-6)

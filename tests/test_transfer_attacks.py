@@ -21,6 +21,7 @@ from robench.attacks.mifgsm import MIFGSM
 from robench.attacks.sinitidim import SINITIDIM, scale_copies
 from robench.attacks.tidim import TIDIM
 from robench.attacks.variance_tuning import VMIFGSM, VNIFGSM
+from robench.defense import DefenseInputError, check_images
 from robench.threat import ThreatModel
 from tests.conftest import DATA, needs_cifar
 
@@ -70,9 +71,9 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 EQUAL_TO_TORCHATTACKS = {
     "mifgsm": (dict(step_size=2 / 255), lambda m, eps: torchattacks.MIFGSM(m, eps=eps, alpha=2 / 255, steps=10,
                                                                              decay=1.0)),
-    "vmifgsm": (dict(step_size=2 / 255, steps=3, N=5, beta=1.5),
+    "vmifgsm": (dict(step_size=2 / 255, steps=3, N=5, beta=1.5, clip_queries=False),
                 lambda m, eps: torchattacks.VMIFGSM(m, eps=eps, alpha=2 / 255, steps=3, decay=1.0, N=5, beta=1.5)),
-    "vnifgsm": (dict(step_size=2 / 255, steps=3, N=5, beta=1.5),
+    "vnifgsm": (dict(step_size=2 / 255, steps=3, N=5, beta=1.5, clip_queries=False),
                 lambda m, eps: torchattacks.VNIFGSM(m, eps=eps, alpha=2 / 255, steps=3, decay=1.0, N=5, beta=1.5)),
     # Without diverse inputs TI-DIM is torchattacks' TI-FGSM with momentum: same kernel, same place.
     "tidim": (dict(step_size=2 / 255, diversity_prob=0.0),
@@ -90,6 +91,32 @@ def test_equal_settings_give_the_same_examples_as_torchattacks(source, name):
     theirs = reference(source, EPS8.eps)(x, y)
     assert not torch.equal(ours, x)
     assert torch.equal(ours, theirs)
+
+
+class _RefusesNonImages(nn.Module):
+    """A model that, like a purifier, refuses inputs outside [0, 1] and records the range it was queried at."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.lowest, self.highest = model, 1.0, 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.lowest, self.highest = min(self.lowest, x.min().item()), max(self.highest, x.max().item())
+        check_images(x, who="a defended pipeline")
+        return self.model(x)
+
+
+@pytest.mark.parametrize("name", ["vmifgsm", "vnifgsm", "sinitidim"])
+def test_queries_besides_the_iterates_stay_images_unless_clip_queries_is_off(name):
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 3, 16, 16) * 0.02, torch.randint(0, 10, (8,))  # near black: the neighbours leave [0, 1]
+    model = _RefusesNonImages(nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 10))).eval()
+    options = dict(steps=2, N=4) if name != "sinitidim" else dict(steps=2, scales=2)
+    x_adv = registry.load("attacks", name)(**options)(model, x, y, EPS8, seed=0)
+    EPS8.check(x_adv, x)
+    assert model.lowest >= 0 and model.highest <= 1
+    with pytest.raises(DefenseInputError, match=r"\[0, 1\]"):
+        registry.load("attacks", name)(**options, clip_queries=False)(model, x, y, EPS8, seed=0)
 
 
 def test_one_step_with_the_default_step_size_is_fgsm():

@@ -73,11 +73,13 @@ SECTIONS = ("pgd", "pgd-robust", "autoattack", "autoattack-robust", "autoattack-
 TARGETS = {"autoattack": 5.0, "autoattack-robust": 1.2}
 RAND_DEFENSE = "gaussian-noise"
 # robench PGD paths: label -> (spec, must the robust accuracy equal the direct call's?)
+# Device options are written out: their ``auto`` default is bf16 and channels_last on CUDA.
+FLOAT32 = "autocast=off,channels_last=false"
 PGD_PATHS = {
-    "robench pgd": (f"pgd:steps={STEPS}", True),
-    "robench pgd early_stop": (f"pgd:steps={STEPS},early_stop=true", True),
-    "robench pgd early_stop+bf16": (f"pgd:steps={STEPS},early_stop=true,autocast=bf16", False),
-    "robench pgd channels_last": (f"pgd:steps={STEPS},channels_last=true", False),
+    "robench pgd": (f"pgd:steps={STEPS},{FLOAT32}", True),
+    "robench pgd early_stop": (f"pgd:steps={STEPS},early_stop=true,{FLOAT32}", True),
+    "robench pgd early_stop+bf16": (f"pgd:steps={STEPS},early_stop=true,autocast=bf16,channels_last=false", False),
+    "robench pgd channels_last": (f"pgd:steps={STEPS},autocast=off,channels_last=true", False),
 }
 
 

@@ -38,9 +38,9 @@ from robench.threat import ThreatModel  # noqa: E402
 
 THREAT = ThreatModel("Linf", 8 / 255)
 ATTACKS = {
-    "pgd-20 float32": "pgd:steps=20,step_size=2/255",
-    "pgd-20 bf16": "pgd:steps=20,step_size=2/255,autocast=bf16",
-    "pgd-20 bf16 early_stop": "pgd:steps=20,step_size=2/255,autocast=bf16,early_stop=true",
+    "pgd-20 float32": "pgd:steps=20,step_size=2/255,autocast=off,channels_last=false",
+    "pgd-20 bf16": "pgd:steps=20,step_size=2/255,autocast=bf16,channels_last=false",
+    "pgd-20 bf16 early_stop": "pgd:steps=20,step_size=2/255,autocast=bf16,channels_last=false,early_stop=true",
 }
 
 

@@ -84,7 +84,8 @@ def run_direct(model, x, y, seed: int, device: torch.device) -> tuple[dict, floa
 def perf_cell(n: int, seed: int) -> Cell:
     """The robench cell equivalent to the direct call."""
     return Cell(
-        dataset=DATASET, model=MODEL, defense="none", attack=f"pgd:steps={STEPS}", setting="oblivious",
+        dataset=DATASET, model=MODEL, defense="none", setting="oblivious",
+        attack=f"pgd:steps={STEPS},autocast=off,channels_last=false",  # torchattacks' path on every device
         threat=ThreatModel("Linf", EPS), n=n, batch_size=n, seed=seed,
     )
 

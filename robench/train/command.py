@@ -16,6 +16,7 @@ from importlib import import_module
 import click
 
 from robench import registry
+from robench.device_options import resolve
 from robench.env import pick_device
 from robench.spec import parse_eps, parse_spec
 from robench.threat import ThreatModel
@@ -104,13 +105,10 @@ def train_command(recipe, model, target, input_defense, dataset, epochs, batch_s
         os.environ["ROBENCH_DATA"] = data_root
     try:
         torch_device = pick_device(device)
-        cuda = torch_device.type == "cuda"
-        runtime = Runtime(
-            device=torch_device,
-            autocast={"auto": "bf16" if cuda else None, "bf16": "bf16", "off": None}[autocast],
-            channels_last={"auto": cuda, "on": True, "off": False}[channels_last],
-            progress=progress,
-        )
+        chosen = resolve(torch_device, autocast=autocast,
+                         channels_last={"auto": "auto", "on": True, "off": False}[channels_last])
+        runtime = Runtime(device=torch_device, autocast=chosen.autocast, channels_last=chosen.channels_last,
+                          progress=progress)
         evaluation = Evaluation(n=eval_n, split=eval_split, attack=parse_spec(eval_attack),
                                 threat=ThreatModel("Linf", parse_eps(eval_eps)), batch_size=eval_batch_size)
         options = dict(model=model, dataset=dataset, output=output, split=split, n=n, sample_seed=sample_seed,

@@ -52,6 +52,9 @@ def perturb(
     ``normal``: ``x + 0.001 N(0, I)``, unclamped (TRADES, MART). Every step is projected onto
     the ball and the bounds unless ``project`` is False (DIR's released inner maximisation).
     The model's mode is the caller's choice. Returns x' detached (:func:`robench.pgd_kernel.ascend`).
+    Inside a training step this runs under the loop's device options (``Runtime.options``:
+    autocast, channels_last); ``objective`` gets the logits as the model returns them (bf16 under
+    autocast), so recipes cast them to float32 first.
     """
     if threat.norm != "Linf":
         raise ValueError(f"training attacks take signed steps, so they need an Linf threat model, not {threat.norm}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple
@@ -22,11 +21,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from robench.device_options import DeviceOptions
 from robench.train.augment import augment as apply_augmentation
 from robench.train.files import save_torch
 
 RESUME_FORMAT = 2
-AUTOCAST = {None: None, "bf16": torch.bfloat16}
+TRAINING_AUTOCAST = (None, "bf16")  # fp16 would need a GradScaler for the weights
 OPTIMIZERS = ("sgd", "adam")
 MAIN_GROUP = "main"
 
@@ -120,7 +120,11 @@ Step = Callable[[torch.Tensor, torch.Tensor, torch.Generator], StepResult]
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where and how the loop computes: device, bf16 autocast (None or ``"bf16"``), channels_last, progress bar."""
+    """Where and how the loop computes: device, bf16 autocast (None or ``"bf16"``), channels_last, progress bar.
+
+    ``autocast`` and ``channels_last`` are :mod:`robench.device_options`' options: the step, and
+    so the recipes' inner attacks inside it, runs under them (:attr:`options`).
+    """
 
     device: torch.device = torch.device("cpu")
     autocast: str | None = None
@@ -128,8 +132,13 @@ class Runtime:
     progress: bool = True
 
     def __post_init__(self):
-        if self.autocast not in AUTOCAST:
+        if self.autocast not in TRAINING_AUTOCAST:
             raise TrainingError(f"autocast must be None or 'bf16', got {self.autocast!r}")
+
+    @property
+    def options(self) -> DeviceOptions:
+        """The device options the step runs under (never compiled: training modules change every step)."""
+        return DeviceOptions(autocast=self.autocast, channels_last=self.channels_last)
 
 
 def fit(
@@ -247,7 +256,7 @@ def _train_epoch(module, step, x, y, optimizers, generator, schedule, epoch, aug
     # A last batch of one image is dropped: BatchNorm cannot normalise a single example in training.
     batches = [order[i : i + schedule.batch_size] for i in range(0, len(x), schedule.batch_size)]
     batches = [b for b in batches if len(b) > 1] or batches
-    dtype = AUTOCAST[runtime.autocast]
+    options = runtime.options
     loss_sums = {name: torch.zeros((), device=x.device) for name in optimizers}
     correct = torch.zeros((), device=x.device)
     seen = scored = 0
@@ -255,10 +264,8 @@ def _train_epoch(module, step, x, y, optimizers, generator, schedule, epoch, aug
     for index, batch in enumerate(bar):
         xb = apply_augmentation(x[batch], augment, generator)
         yb = y[batch]
-        if runtime.channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext():
-            result = step(xb, yb, generator)
+        with options.autocast_context(x.device.type):
+            result = step(options.layout(xb), yb, generator)
         losses = _losses(result, optimizers)
         for name, loss in losses.items():
             if not torch.isfinite(loss):
@@ -271,7 +278,7 @@ def _train_epoch(module, step, x, y, optimizers, generator, schedule, epoch, aug
             for _ in range(count - 1):
                 if result.recompute is None:
                     raise TrainingError(f"{name} is updated {count} times per batch, but the step gives no recompute")
-                with torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext():
+                with options.autocast_context(x.device.type):
                     again = result.recompute()[name].float()
                 _update({name: again}, {name: optimizers[name]}, only=True)
         for name, loss in losses.items():
