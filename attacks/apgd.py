@@ -200,7 +200,8 @@ class _Runner:
             logits, loss, state.grad = self._loss_and_grad(state.x_adv, state.y, state.target, loss_of)
             misclassified = logits.argmax(1) != state.y
             state.broken |= misclassified
-            state.x_last_broken[misclassified] = state.x_adv[misclassified]
+            if not self.early_stop:
+                state.x_last_broken[misclassified] = state.x_adv[misclassified]
             self._leave_if_broken(state, robust, x_adv, keep=~misclassified)
             loss = loss[~misclassified] if self.early_stop else loss
             improved = loss > state.loss_best
@@ -222,6 +223,8 @@ class _Runner:
         if not self.early_stop:
             return
         keep = ~state.broken if keep is None else keep
+        if keep.all():  # nothing broken: spare the copy of every field
+            return
         gone = state.index[~keep]
         robust[gone] = False
         x_adv[gone] = state.x_adv[~keep]

@@ -12,6 +12,8 @@ from torch import nn
 
 from robench.attack import Attack, Passes, gradient_steps
 from robench.attacks.apgd import Checkpoints, apgd, apgd_targeted
+from robench.attacks.fab import fab_targeted
+from robench.attacks.square import square_linf
 from robench.hyper import check_positive_int
 from robench.threat import ThreatModel
 
@@ -108,16 +110,27 @@ class AutoAttack(Attack):
             index = robust.nonzero().squeeze(1)
             if len(index) == 0:
                 break
-            if name in APGD_COMPONENTS:
-                found = self._apgd(name, official, model, x[index], y[index], threat, seed)
-            else:
-                official.attacks_to_run = [name]
-                found = official.run_standard_evaluation(x[index], y[index], batch_size=len(index))[0]
+            found = self._component(name, official, model, x[index], y[index], threat, seed)
             with torch.no_grad():  # judged by a fresh forward pass, as the official loop judges
                 broken = model(found).argmax(1) != y[index]
             robust[index[broken]] = False
             x_adv[index[broken]] = found[broken]
         return x_adv
+
+    def _component(self, name: str, official: pyautoattack.AutoAttack, model, x, y, threat, seed: int) -> torch.Tensor:
+        """One component on x: robench's APGD, FAB-T (with early stop) and Linf Square, else the official code."""
+        if name in APGD_COMPONENTS:
+            return self._apgd(name, official, model, x, y, threat, seed)
+        if name == "fab-t" and self.early_stop:  # its points differ from the official ones, its outcomes do not
+            fab = official.fab
+            return fab_targeted(model, x, y, threat, n_targets=fab.n_target_classes, n_iter=fab.n_iter,
+                                alpha_max=fab.alpha_max, eta=fab.eta, beta=fab.beta)
+        square = official.square
+        if name == "square" and threat.norm == "Linf" and square.loss == "margin" and square.n_restarts == 1:
+            return square_linf(model, x, y, threat.eps, n_queries=square.n_queries, p_init=square.p_init,
+                               rescale_schedule=square.rescale_schedule, seed=seed)  # the official points
+        official.attacks_to_run = [name]
+        return official.run_standard_evaluation(x, y, batch_size=len(x))[0]
 
     def _apgd(self, name: str, official: pyautoattack.AutoAttack, model, x, y, threat, seed: int) -> torch.Tensor:
         """robench's APGD component ``name`` with the official object's parameters."""
