@@ -43,14 +43,17 @@ class AutoAttack(Attack):
         engine: ``robench`` runs the APGD components with :mod:`robench.attacks.apgd`, the
             official algorithm where an example leaves the batch at its first successful iterate
             (same seed, same per-example outcomes as the official code on a deterministic model;
-            the returned point is the first successful iterate instead of the last), and FAB and
-            Square through the official code on the examples still robust. ``official`` runs the
-            official code throughout.
+            the returned point is the first successful iterate instead of the last), FAB-T with
+            :mod:`robench.attacks.fab` (its target classes side by side, an example leaving at
+            its first misclassified iterate within eps; with early stop only), Linf Square with
+            :mod:`robench.attacks.square` (the official points), and the rest through the
+            official code, each on the examples still robust. ``official`` runs the official
+            code throughout.
         n_iter: APGD iterations (AutoAttack: 100), with the checkpoint schedule the official
             constructor derives from it; both engines honour it. Fewer only for quick checks.
-        early_stop: with ``engine=robench``, drop an example from APGD's batch at its first
-            successful iterate. False keeps every example for all iterations and returns the
-            official code's points (the last successful iterate). Default: True, except for
+        early_stop: with ``engine=robench``, drop an example from APGD's and FAB-T's batch at
+            its first successful iterate. False keeps every example for all iterations and
+            returns the official code's points (the last successful iterate; FAB-T official). Default: True, except for
             ``variant=rand``: behind a stochastic defense "successful" means that one draw was
             fooled (as the official code judges it), the first such iterate is less optimised
             than the official last one, and a fresh draw may not be fooled by it, so early stop

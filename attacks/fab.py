@@ -11,8 +11,8 @@ an adversarial point within eps. This FAB-T copies the official step (``fab_base
 it, one restart; the projections are the official functions) element for element, with two changes:
 
 - the target classes run side by side: row ``(k, i)`` of the batch is example ``i`` attacked
-  towards its ``k``-th most likely other class; at most ``max_rows`` rows at a time, so the
-  targets run in groups of ``max_rows // B`` in the official order;
+  towards its ``k``-th most likely other class, in groups of targets as large as
+  :func:`robench.attacks.apgd.side_by_side` allows, in the official order;
 - an example leaves the batch (all its rows) at the first iterate that is misclassified within eps.
 
 Why the outcomes are the official ones. The official code runs target ``k`` on the examples no
@@ -36,17 +36,17 @@ import torch
 from pyautoattack.fab_projections import projection_l2, projection_linf
 from torch import nn
 
+from robench.attacks.apgd import side_by_side
 from robench.threat import ThreatModel
 
 ALPHA_MAX, ETA, BETA = 0.1, 1.05, 0.9  # the official defaults: largest bias towards x, overshoot, backward step
-MAX_ROWS = 512  # rows per batch: the targets of up to this many (example, target) pairs run side by side
 DIVISION_GUARD, MIN_STEP = 1e-12, 1e-8  # the official guards in the distance and in the step lengths
 PROJECTION = {"Linf": projection_linf, "L2": projection_l2}
 
 
 def fab_targeted(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, n_targets: int = 9,
-    n_iter: int = 100, alpha_max: float = ALPHA_MAX, eta: float = ETA, beta: float = BETA, max_rows: int = MAX_ROWS,
+    n_iter: int = 100, alpha_max: float = ALPHA_MAX, eta: float = ETA, beta: float = BETA,
 ) -> torch.Tensor:
     """FAB-T (Croce & Hein 2020, Alg. 1, targeted): the official fab-t of AutoAttack, targets batched, early stop.
 
@@ -60,7 +60,7 @@ def fab_targeted(
         clean = model(x)
     robust, ranked = clean.max(1)[1] == y, clean.sort(dim=-1)[1]  # the official target order
     x_adv = x.clone()
-    group = max(1, max_rows // max(int(robust.sum()), 1))
+    group = side_by_side(int(robust.sum()), x.shape[1:])
     for first in range(2, n_targets + 2, group):
         ranks = range(first, min(first + group, n_targets + 2))
         index = robust.nonzero().squeeze(1)

@@ -1,4 +1,4 @@
-"""robench's FAB-T and Linf Square against the official AutoAttack code (``pyautoattack``)."""
+"""robench's AutoAttack components (APGD runs side by side, FAB-T, Linf Square) against the official code (``pyautoattack``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pyautoattack.fab_pt import FABAttack_PT
 from pyautoattack.square import SquareAttack
 
 from robench import registry
+from robench.attacks import apgd as apgd_module
 from robench.attacks.autoattack import AutoAttack
 from robench.attacks.fab import fab_targeted
 from robench.attacks.square import square_linf
@@ -42,14 +43,31 @@ def _broken(model, x_adv, x, y, threat):
         return (model(x_adv).argmax(1) != y) & (threat.violation(x_adv, x) <= 1e-6)
 
 
+@pytest.mark.parametrize("eps", [3 / 255, 4 / 255])  # the tiny model: examples broken in several runs
+def test_apgd_runs_side_by_side_give_the_points_of_runs_one_at_a_time(eps, monkeypatch):
+    model, x, y = _pair()
+    threat, starts = ThreatModel("Linf", eps), []
+    draw = apgd_module._Runner._start
+    monkeypatch.setattr(apgd_module._Runner, "_start", lambda self, v: starts.append(len(v)) or draw(self, v))
+    side_by_side = apgd_module.apgd_targeted(model, x, y, threat, n_targets=3, n_iter=20, restarts=2, seed=0)
+    runs_drawn = len(starts)
+    monkeypatch.setattr(apgd_module, "MAX_ELEMENTS", 1)  # one run per batch: the official order
+    in_turn = apgd_module.apgd_targeted(model, x, y, threat, n_targets=3, n_iter=20, restarts=2, seed=0)
+    assert runs_drawn > 3 * 2, "the first group drew all 6 runs; later ones were drawn again after a run broke an example"
+    assert 0 < (model(in_turn).argmax(1) != y).sum() < len(y)
+    assert torch.equal(side_by_side, in_turn), "each row follows its own run: the same first successful iterates"
+
+
 @pytest.mark.parametrize("threat", [ThreatModel("Linf", 4 / 255), ThreatModel("L2", 0.2)])
-@pytest.mark.parametrize("max_rows", [512, 12])  # every target in one batch; one target at a time
-def test_fab_targeted_breaks_the_examples_the_official_fab_t_breaks(threat, max_rows):
+@pytest.mark.parametrize("one_at_a_time", [False, True])
+def test_fab_targeted_breaks_the_examples_the_official_fab_t_breaks(threat, one_at_a_time, monkeypatch):
+    if one_at_a_time:
+        monkeypatch.setattr(apgd_module, "MAX_ELEMENTS", 1)
     model, x, y = _pair()
     official = FABAttack_PT(model, norm=threat.norm, n_restarts=1, n_iter=20, eps=threat.eps, targeted=True,
                             n_target_classes=3, device="cpu")
     reference = _broken(model, official.perturb(x, y), x, y, threat)
-    ours = _broken(model, fab_targeted(model, x, y, threat, n_targets=3, n_iter=20, max_rows=max_rows), x, y, threat)
+    ours = _broken(model, fab_targeted(model, x, y, threat, n_targets=3, n_iter=20), x, y, threat)
     assert 0 < reference.sum() < len(y), "some examples broken, some not"
     assert torch.equal(ours, reference)
 
