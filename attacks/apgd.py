@@ -40,6 +40,7 @@ MOMENTUM = 0.75  # Alg. 1: weight of the new step; 1 - MOMENTUM is the weight of
 INITIAL_STEP = 2.0  # Alg. 1: the step size starts at 2 eps (Linf and L2)
 DIVISION_GUARD = 1e-12  # the official code's guard in its norms and in the DLR denominators
 MAX_ELEMENTS = 512 * 3 * 32 * 32  # runs go side by side while the batch holds at most this many pixels (512 CIFAR images)
+RECOMPUTE_BUDGET = 2  # side by side runs spend at most this many times the official runs' gradient steps
 logger = logging.getLogger("auto-attack")
 
 Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -191,7 +192,7 @@ class _Runner:
         index = robust.nonzero().squeeze(1)
         if len(index) == 0:
             return
-        broken, points = self._run(x[index], y[index], target[index], self._start(x[index]), loss_of)
+        broken, points, _ = self._run(x[index], y[index], target[index], self._start(x[index]), loss_of)
         robust[index[broken]] = False
         x_adv[index[broken]] = points[broken]
 
@@ -208,19 +209,27 @@ class _Runner:
         earlier one broke an example) are run again, from the draws the official code makes
         after that run. Every row's state is its own (see the module docstring), so a row gives
         the same result beside other rows as alone.
+
+        Runs computed again are extra gradient steps; a group is only as large as keeps the
+        steps spent, plus the most the remaining runs can need one at a time, within
+        ``RECOMPUTE_BUDGET`` times the official count (every run on every example).
         """
-        done = 0
+        steps_per_run = self.checkpoints.n_iter + 1
+        budget, spent, done = RECOMPUTE_BUDGET * len(targets) * int(robust.sum()) * steps_per_run, 0, 0
         while done < len(targets):
             index = robust.nonzero().squeeze(1)
             if len(index) == 0:
                 return
-            group = targets[done:done + side_by_side(len(index), x.shape[1:])]
+            left, run_cost = len(targets) - done, len(index) * steps_per_run
+            affordable = (budget - spent) // run_cost - (left - 1)  # >= 1: a group commits at least one run
+            group = targets[done:done + min(side_by_side(len(index), x.shape[1:]), max(affordable, 1))]
             before = self.generator.get_state()
             starts = torch.cat([self._start(x[index]) for _ in group])
             k = len(group)
             run = torch.arange(k, device=x.device).repeat_interleave(len(index))
-            broken, points = self._run(x[index].repeat(k, *[1] * (x.dim() - 1)), y[index].repeat(k),
-                                       torch.cat([target[index] for target in group]), starts, loss_of, run)
+            broken, points, steps = self._run(x[index].repeat(k, *[1] * (x.dim() - 1)), y[index].repeat(k),
+                                              torch.cat([target[index] for target in group]), starts, loss_of, run)
+            spent += steps
             last = int(run[broken].min()) if broken.any() else k - 1  # the last official run of the group
             settled = broken & (run == last)
             owner = index.repeat(k)
@@ -233,7 +242,8 @@ class _Runner:
             done += last + 1
 
     def _run(self, x, y, target, start, loss_of: Loss, run: torch.Tensor | None = None):
-        """One official ``attack_single_run`` per row from ``start``; returns per row whether it broke and its point.
+        """One official ``attack_single_run`` per row from ``start``; returns per row whether it broke and its
+        point, and the gradient steps spent (rows x steps).
 
         With ``run`` (side by side runs, early stop), a row also leaves once a row of an earlier
         run has broken: its run is no longer an official one.
@@ -253,12 +263,13 @@ class _Runner:
             halved_at_check=torch.ones(rows, dtype=torch.bool, device=x.device),
             x_last_broken=start.clone(), broken=logits.argmax(1) != y,
         )
-        broken, points = torch.zeros(rows, dtype=torch.bool, device=x.device), start.clone()
+        broken, points, steps = torch.zeros(rows, dtype=torch.bool, device=x.device), start.clone(), rows
         self._leave_if_broken(state, broken, points, state.broken)
         length, since_check = self.checkpoints.first, 0
         for i in range(n_iter):
             if len(state.index) == 0:
                 break
+            steps += len(state.index)
             with torch.no_grad():
                 state.x_adv, state.x_prev = self._momentum_step(state, i), state.x_adv
             logits, loss, state.grad = self._loss_and_grad(state.x_adv, state.y, state.target, loss_of)
@@ -280,7 +291,7 @@ class _Runner:
         if not self.early_stop:
             broken[state.index] = state.broken
             points[state.index] = state.x_last_broken
-        return broken, points
+        return broken, points, steps
 
     def _leave_if_broken(self, state: _Active, broken, points, misclassified: torch.Tensor) -> torch.Tensor:
         """With early stop, record the rows ``misclassified`` at their current iterate and drop them (and, side

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from robench.attack import Attack, Passes, gradient_steps
-from robench.attacks.apgd import Checkpoints, apgd, apgd_targeted
+from robench.attacks.apgd import RECOMPUTE_BUDGET, Checkpoints, apgd, apgd_targeted
 from robench.attacks.fab import fab_targeted
 from robench.attacks.square import square_linf
 from robench.hyper import check_positive_int
@@ -21,7 +21,7 @@ VARIANTS = ("standard", "plus", "rand")  # AutoAttack's own `version` argument
 ENGINES = ("robench", "official")
 APGD_COMPONENTS = ("apgd-ce", "apgd-dlr", "apgd-t")
 # What each component of the official code runs in the standard and rand versions (its _set_version):
-TARGETS, QUERIES, RAND_EOT = 9, 5000, 20
+TARGETS, QUERIES, RAND_EOT, FAB_ITER = 9, 5000, 20, 100
 COMPONENTS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "rand": ("apgd-ce", "apgd-dlr")}
 # AutoAttack logs its own sanity warnings (randomised defense, gradient masking) here.
 logging.getLogger("auto-attack").setLevel(logging.WARNING)
@@ -158,16 +158,20 @@ class AutoAttack(Attack):
         gradient per iteration, 3 forwards around); Square 5000 queries and 3 forwards around;
         then 1 check per component, and robench's probe of ``x[:1]`` for the class count. The
         components skip examples already broken, and with fewer than 10 classes fewer targets
-        run, so a run spends at most this. ``plus`` (untargeted FAB differentiates every logit)
-        declares no cost model.
+        run, so a run spends at most this. FAB runs its own 100 iterations whatever ``n_iter``.
+        With ``engine=robench`` and early stop, APGD-T's runs side by side may be computed again
+        (:meth:`robench.attacks.apgd._Runner.attack_side_by_side`): at most ``RECOMPUTE_BUDGET``
+        times its count. ``plus`` (untargeted FAB differentiates every logit) declares no cost model.
         """
         components = self.components or COMPONENTS.get(self.variant)
         if components is None:
             return None
         draws = RAND_EOT if self.variant == "rand" else 1
         apgd = gradient_steps(n * draws, self.n_iter + 1) + Passes(n)
-        cost = {"apgd-ce": apgd + Passes(n), "apgd-dlr": apgd + Passes(n), "apgd-t": apgd * TARGETS + Passes(n),
-                "fab-t": (gradient_steps(n, self.n_iter) + Passes(n * (self.n_iter + 3))) * TARGETS + Passes(n),
+        side_by_side = RECOMPUTE_BUDGET if self.engine == "robench" and self.early_stop else 1
+        cost = {"apgd-ce": apgd + Passes(n), "apgd-dlr": apgd + Passes(n),
+                "apgd-t": apgd * (TARGETS * side_by_side) + Passes(n),
+                "fab-t": (gradient_steps(n, FAB_ITER) + Passes(n * (FAB_ITER + 3))) * TARGETS + Passes(n),
                 "square": Passes(n * (QUERIES + 3))}
         checks = 3 if self.variant == "rand" else 8
         total = Passes(n * (checks + len(components)) + 1)

@@ -58,6 +58,19 @@ def test_apgd_runs_side_by_side_give_the_points_of_runs_one_at_a_time(eps, monke
     assert torch.equal(side_by_side, in_turn), "each row follows its own run: the same first successful iterates"
 
 
+@pytest.mark.parametrize("budget", [1, 2])
+def test_apgd_runs_side_by_side_spend_at_most_their_budget_of_gradient_steps(budget, monkeypatch):
+    model, x, y = _pair()
+    monkeypatch.setattr(apgd_module, "RECOMPUTE_BUDGET", budget)
+    counting = _Counting(model)
+    with torch.no_grad():
+        attacked = int((model(x).argmax(1) == y).sum())
+    # at 2/255 a run breaks an example late: unbounded, the runs drawn again spend more than the official count
+    apgd_module.apgd_targeted(counting, x, y, ThreatModel("Linf", 2 / 255), n_targets=3, n_iter=20, restarts=3, seed=0)
+    official = 3 * 3 * attacked * (20 + 1)  # every run, every example, the start and 20 steps
+    assert counting.images - len(x) <= budget * official  # less the clean forward pass
+
+
 @pytest.mark.parametrize("threat", [ThreatModel("Linf", 4 / 255), ThreatModel("L2", 0.2)])
 @pytest.mark.parametrize("one_at_a_time", [False, True])
 def test_fab_targeted_breaks_the_examples_the_official_fab_t_breaks(threat, one_at_a_time, monkeypatch):
