@@ -40,7 +40,7 @@ from robench.attacks.apgd import side_by_side
 from robench.threat import ThreatModel
 
 ALPHA_MAX, ETA, BETA = 0.1, 1.05, 0.9  # the official defaults: largest bias towards x, overshoot, backward step
-DIVISION_GUARD, MIN_STEP = 1e-12, 1e-8  # the official guards in the distance and in the step lengths
+MIN_STEP = 1e-8  # the official guard on the step lengths
 PROJECTION = {"Linf": projection_linf, "L2": projection_l2}
 
 
