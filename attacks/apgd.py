@@ -5,7 +5,9 @@ Written here rather than called from ``pyautoattack`` because the official APGD 
 in the batch for all its iterations, also those it has already broken; on a non-robust model nearly
 all of AutoAttack's time goes there. This APGD follows the official algorithm element for element
 (``autopgd_base.py`` of fra31/auto-attack, the ``pyautoattack`` package), and an example leaves
-the batch at its first successful iterate.
+the batch at its first successful iterate. With early stop, the runs of APGD-T's target classes
+(and of restarts) go side by side in one batch where they are small, as the official runs they
+would be (:meth:`_Runner.attack_side_by_side` says why the draws stay the official ones).
 
 Why the outcomes are the official ones. Every quantity of the algorithm is per example: the
 step size, the best point and its gradient, the loss history and the checkpoint tests; only the
@@ -37,6 +39,8 @@ LOSSES = ("ce", "dlr")
 MOMENTUM = 0.75  # Alg. 1: weight of the new step; 1 - MOMENTUM is the weight of the last move
 INITIAL_STEP = 2.0  # Alg. 1: the step size starts at 2 eps (Linf and L2)
 DIVISION_GUARD = 1e-12  # the official code's guard in its norms and in the DLR denominators
+MAX_ELEMENTS = 512 * 3 * 32 * 32  # runs go side by side while the batch holds at most this many pixels (512 CIFAR images)
+RECOMPUTE_BUDGET = 2  # side by side runs spend at most this many times the official runs' gradient steps
 logger = logging.getLogger("auto-attack")
 
 Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -103,8 +107,7 @@ def apgd(
         robust = model(x).argmax(1) == y
     runner = _Runner(model, threat, Checkpoints(n_iter), rho, eot_iter, early_stop, seed)
     x_adv = x.clone()
-    for _ in range(restarts):
-        runner.attack(x, y, y, robust, x_adv, LOSS_OF[loss])
+    _attack_in_turn(runner, x, y, [y] * restarts, robust, x_adv, LOSS_OF[loss])
     return x_adv
 
 
@@ -123,17 +126,31 @@ def apgd_targeted(
     robust, ranked = clean.argmax(1) == y, clean.argsort(dim=1)
     runner = _Runner(model, threat, Checkpoints(n_iter), rho, eot_iter, early_stop, seed)
     x_adv = x.clone()
-    for rank in range(2, n_targets + 2):
-        for _ in range(restarts):
-            runner.attack(x, y, ranked[:, -rank], robust, x_adv, targeted_dlr_loss)
+    targets = [ranked[:, -rank] for rank in range(2, n_targets + 2) for _ in range(restarts)]
+    _attack_in_turn(runner, x, y, targets, robust, x_adv, targeted_dlr_loss)
     return x_adv
+
+
+def _attack_in_turn(runner: _Runner, x, y, targets: list[torch.Tensor], robust, x_adv, loss_of: Loss) -> None:
+    """One run per entry of ``targets`` (the label for untargeted losses), each on the examples still robust."""
+    if runner.early_stop:
+        runner.attack_side_by_side(x, y, targets, robust, x_adv, loss_of)
+        return
+    for target in targets:
+        runner.attack(x, y, target, robust, x_adv, loss_of)
+
+
+def side_by_side(n: int, example: torch.Size) -> int:
+    """How many runs of ``n`` examples of shape ``example`` go in one batch: as many as ``MAX_ELEMENTS`` allows, at least 1."""
+    return max(1, MAX_ELEMENTS // max(n * example.numel(), 1))
 
 
 @dataclass
 class _Active:
     """The per-example state of the examples still in the batch (Alg. 1's variables)."""
 
-    index: torch.Tensor  # position in the attacked batch
+    index: torch.Tensor  # row of the attacked batch
+    run: torch.Tensor  # which of the runs side by side the row belongs to (0 for a single run)
     x: torch.Tensor
     y: torch.Tensor
     target: torch.Tensor
@@ -175,34 +192,93 @@ class _Runner:
         index = robust.nonzero().squeeze(1)
         if len(index) == 0:
             return
-        x, y, target = x[index], y[index], target[index]
-        start = self._start(x)
+        broken, points, _ = self._run(x[index], y[index], target[index], self._start(x[index]), loss_of)
+        robust[index[broken]] = False
+        x_adv[index[broken]] = points[broken]
+
+    def attack_side_by_side(self, x, y, targets: list[torch.Tensor], robust: torch.Tensor, x_adv: torch.Tensor,
+                            loss_of: Loss) -> None:
+        """:meth:`attack` for each of ``targets`` in turn, several runs in one batch; the same outcomes, with early stop.
+
+        The runs are the official ones in order, each on the examples no earlier run broke, and
+        each run's starts are drawn for exactly those examples. A group of runs goes side by
+        side on the examples still robust with the starts drawn for them (rows ``(k, i)``), as if
+        no run of the group broke an example: that holds up to the first run of the group that
+        breaks one, so that run and those before it are the official runs, whose results are
+        kept; the later runs of the group (which were dropped from the batch as soon as an
+        earlier one broke an example) are run again, from the draws the official code makes
+        after that run. Every row's state is its own (see the module docstring), so a row gives
+        the same result beside other rows as alone.
+
+        Runs computed again are extra gradient steps; a group is only as large as keeps the
+        steps spent, plus the most the remaining runs can need one at a time, within
+        ``RECOMPUTE_BUDGET`` times the official count (every run on every example).
+        """
+        steps_per_run = self.checkpoints.n_iter + 1
+        budget, spent, done = RECOMPUTE_BUDGET * len(targets) * int(robust.sum()) * steps_per_run, 0, 0
+        while done < len(targets):
+            index = robust.nonzero().squeeze(1)
+            if len(index) == 0:
+                return
+            left, run_cost = len(targets) - done, len(index) * steps_per_run
+            affordable = (budget - spent) // run_cost - (left - 1)  # >= 1: a group commits at least one run
+            group = targets[done:done + min(side_by_side(len(index), x.shape[1:]), max(affordable, 1))]
+            before = self.generator.get_state()
+            starts = torch.cat([self._start(x[index]) for _ in group])
+            k = len(group)
+            run = torch.arange(k, device=x.device).repeat_interleave(len(index))
+            broken, points, steps = self._run(x[index].repeat(k, *[1] * (x.dim() - 1)), y[index].repeat(k),
+                                              torch.cat([target[index] for target in group]), starts, loss_of, run)
+            spent += steps
+            last = int(run[broken].min()) if broken.any() else k - 1  # the last official run of the group
+            settled = broken & (run == last)
+            owner = index.repeat(k)
+            robust[owner[settled]] = False
+            x_adv[owner[settled]] = points[settled]
+            if last < k - 1:  # the later runs' starts were drawn for examples that have left
+                self.generator.set_state(before)
+                for _ in range(last + 1):
+                    self._start(x[index])
+            done += last + 1
+
+    def _run(self, x, y, target, start, loss_of: Loss, run: torch.Tensor | None = None):
+        """One official ``attack_single_run`` per row from ``start``; returns per row whether it broke and its
+        point, and the gradient steps spent (rows x steps).
+
+        With ``run`` (side by side runs, early stop), a row also leaves once a row of an earlier
+        run has broken: its run is no longer an official one.
+        """
         logits, loss, grad = self._loss_and_grad(start, y, target, loss_of)
         if loss_of is not ce_loss and (grad.flatten(1).abs().sum(1) == 0).any():
             logger.warning("APGD: some points have a zero gradient of the DLR loss; gradient-based "
                            "evaluation may be unreliable (AutoAttack's check_zero_gradients)")
-        n_iter = self.checkpoints.n_iter
+        n_iter, rows = self.checkpoints.n_iter, len(x)
         state = _Active(
-            index=index, x=x, y=y, target=target, x_adv=start, x_prev=start.clone(), grad=grad,
+            index=torch.arange(rows, device=x.device),
+            run=torch.zeros(rows, dtype=torch.long, device=x.device) if run is None else run,
+            x=x, y=y, target=target, x_adv=start, x_prev=start.clone(), grad=grad,
             x_best=start.clone(), grad_best=grad.clone(), loss_best=loss.clone(),
-            step=torch.full((len(x), *[1] * (x.dim() - 1)), INITIAL_STEP * self.threat.eps, device=x.device),
-            losses=torch.zeros(n_iter, len(x), device=x.device), best_at_check=loss.clone(),
-            halved_at_check=torch.ones(len(x), dtype=torch.bool, device=x.device),
+            step=torch.full((rows, *[1] * (x.dim() - 1)), INITIAL_STEP * self.threat.eps, device=x.device),
+            losses=torch.zeros(n_iter, rows, device=x.device), best_at_check=loss.clone(),
+            halved_at_check=torch.ones(rows, dtype=torch.bool, device=x.device),
             x_last_broken=start.clone(), broken=logits.argmax(1) != y,
         )
-        self._leave_if_broken(state, robust, x_adv)
+        broken, points, steps = torch.zeros(rows, dtype=torch.bool, device=x.device), start.clone(), rows
+        self._leave_if_broken(state, broken, points, state.broken)
         length, since_check = self.checkpoints.first, 0
         for i in range(n_iter):
             if len(state.index) == 0:
-                return
+                break
+            steps += len(state.index)
             with torch.no_grad():
                 state.x_adv, state.x_prev = self._momentum_step(state, i), state.x_adv
             logits, loss, state.grad = self._loss_and_grad(state.x_adv, state.y, state.target, loss_of)
             misclassified = logits.argmax(1) != state.y
             state.broken |= misclassified
-            state.x_last_broken[misclassified] = state.x_adv[misclassified]
-            self._leave_if_broken(state, robust, x_adv, keep=~misclassified)
-            loss = loss[~misclassified] if self.early_stop else loss
+            if not self.early_stop:
+                state.x_last_broken[misclassified] = state.x_adv[misclassified]
+            else:
+                loss = loss[self._leave_if_broken(state, broken, points, misclassified)]
             improved = loss > state.loss_best
             state.x_best[improved] = state.x_adv[improved]
             state.grad_best[improved] = state.grad[improved]
@@ -213,19 +289,21 @@ class _Runner:
                 self._check_step_size(state, i, length)
                 length, since_check = max(length - self.checkpoints.shrink, self.checkpoints.shortest), 0
         if not self.early_stop:
-            broken = state.broken
-            robust[state.index[broken]] = False
-            x_adv[state.index[broken]] = state.x_last_broken[broken]
+            broken[state.index] = state.broken
+            points[state.index] = state.x_last_broken
+        return broken, points, steps
 
-    def _leave_if_broken(self, state: _Active, robust, x_adv, keep: torch.Tensor | None = None) -> None:
-        """With early stop, record the examples broken at their current iterate and drop them from ``state``."""
-        if not self.early_stop:
-            return
-        keep = ~state.broken if keep is None else keep
-        gone = state.index[~keep]
-        robust[gone] = False
-        x_adv[gone] = state.x_adv[~keep]
+    def _leave_if_broken(self, state: _Active, broken, points, misclassified: torch.Tensor) -> torch.Tensor:
+        """With early stop, record the rows ``misclassified`` at their current iterate and drop them (and, side
+        by side, the rows of later runs) from ``state``; returns the mask of rows kept."""
+        keep = ~misclassified
+        if not self.early_stop or not misclassified.any():  # nothing leaves: spare the copy of every field
+            return keep
+        broken[state.index[misclassified]] = True
+        points[state.index[misclassified]] = state.x_adv[misclassified]
+        keep &= state.run <= state.run[misclassified].min()
         state.keep(keep)
+        return keep
 
     def _start(self, x: torch.Tensor) -> torch.Tensor:
         """A point on the sphere of radius eps around x (Linf: scaled uniform noise; L2: scaled Gaussian), clamped to [0, 1]."""

@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from robench.attack import Attack, Passes, gradient_steps
-from robench.attacks.apgd import Checkpoints, apgd, apgd_targeted
+from robench.attacks.apgd import RECOMPUTE_BUDGET, Checkpoints, apgd, apgd_targeted
+from robench.attacks.fab import fab_targeted
+from robench.attacks.square import square_linf
 from robench.hyper import check_positive_int
 from robench.threat import ThreatModel
 
@@ -19,7 +21,7 @@ VARIANTS = ("standard", "plus", "rand")  # AutoAttack's own `version` argument
 ENGINES = ("robench", "official")
 APGD_COMPONENTS = ("apgd-ce", "apgd-dlr", "apgd-t")
 # What each component of the official code runs in the standard and rand versions (its _set_version):
-TARGETS, QUERIES, RAND_EOT = 9, 5000, 20
+TARGETS, QUERIES, RAND_EOT, FAB_ITER = 9, 5000, 20, 100
 COMPONENTS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "rand": ("apgd-ce", "apgd-dlr")}
 # AutoAttack logs its own sanity warnings (randomised defense, gradient masking) here.
 logging.getLogger("auto-attack").setLevel(logging.WARNING)
@@ -41,14 +43,17 @@ class AutoAttack(Attack):
         engine: ``robench`` runs the APGD components with :mod:`robench.attacks.apgd`, the
             official algorithm where an example leaves the batch at its first successful iterate
             (same seed, same per-example outcomes as the official code on a deterministic model;
-            the returned point is the first successful iterate instead of the last), and FAB and
-            Square through the official code on the examples still robust. ``official`` runs the
-            official code throughout.
+            the returned point is the first successful iterate instead of the last), FAB-T with
+            :mod:`robench.attacks.fab` (its target classes side by side, an example leaving at
+            its first misclassified iterate within eps; with early stop only), Linf Square with
+            :mod:`robench.attacks.square` (the official points), and the rest through the
+            official code, each on the examples still robust. ``official`` runs the official
+            code throughout.
         n_iter: APGD iterations (AutoAttack: 100), with the checkpoint schedule the official
             constructor derives from it; both engines honour it. Fewer only for quick checks.
-        early_stop: with ``engine=robench``, drop an example from APGD's batch at its first
-            successful iterate. False keeps every example for all iterations and returns the
-            official code's points (the last successful iterate). Default: True, except for
+        early_stop: with ``engine=robench``, drop an example from APGD's and FAB-T's batch at
+            its first successful iterate. False keeps every example for all iterations and
+            returns the official code's points (the last successful iterate; FAB-T official). Default: True, except for
             ``variant=rand``: behind a stochastic defense "successful" means that one draw was
             fooled (as the official code judges it), the first such iterate is less optimised
             than the official last one, and a fresh draw may not be fooled by it, so early stop
@@ -108,16 +113,27 @@ class AutoAttack(Attack):
             index = robust.nonzero().squeeze(1)
             if len(index) == 0:
                 break
-            if name in APGD_COMPONENTS:
-                found = self._apgd(name, official, model, x[index], y[index], threat, seed)
-            else:
-                official.attacks_to_run = [name]
-                found = official.run_standard_evaluation(x[index], y[index], batch_size=len(index))[0]
+            found = self._component(name, official, model, x[index], y[index], threat, seed)
             with torch.no_grad():  # judged by a fresh forward pass, as the official loop judges
                 broken = model(found).argmax(1) != y[index]
             robust[index[broken]] = False
             x_adv[index[broken]] = found[broken]
         return x_adv
+
+    def _component(self, name: str, official: pyautoattack.AutoAttack, model, x, y, threat, seed: int) -> torch.Tensor:
+        """One component on x: robench's APGD, FAB-T (with early stop) and Linf Square, else the official code."""
+        if name in APGD_COMPONENTS:
+            return self._apgd(name, official, model, x, y, threat, seed)
+        if name == "fab-t" and self.early_stop:  # its points differ from the official ones, its outcomes do not
+            fab = official.fab
+            return fab_targeted(model, x, y, threat, n_targets=fab.n_target_classes, n_iter=fab.n_iter,
+                                alpha_max=fab.alpha_max, eta=fab.eta, beta=fab.beta)
+        square = official.square
+        if name == "square" and threat.norm == "Linf" and square.loss == "margin" and square.n_restarts == 1:
+            return square_linf(model, x, y, threat.eps, n_queries=square.n_queries, p_init=square.p_init,
+                               rescale_schedule=square.rescale_schedule, seed=seed)  # the official points
+        official.attacks_to_run = [name]
+        return official.run_standard_evaluation(x, y, batch_size=len(x))[0]
 
     def _apgd(self, name: str, official: pyautoattack.AutoAttack, model, x, y, threat, seed: int) -> torch.Tensor:
         """robench's APGD component ``name`` with the official object's parameters."""
@@ -142,16 +158,20 @@ class AutoAttack(Attack):
         gradient per iteration, 3 forwards around); Square 5000 queries and 3 forwards around;
         then 1 check per component, and robench's probe of ``x[:1]`` for the class count. The
         components skip examples already broken, and with fewer than 10 classes fewer targets
-        run, so a run spends at most this. ``plus`` (untargeted FAB differentiates every logit)
-        declares no cost model.
+        run, so a run spends at most this. FAB runs its own 100 iterations whatever ``n_iter``.
+        With ``engine=robench`` and early stop, APGD-T's runs side by side may be computed again
+        (:meth:`robench.attacks.apgd._Runner.attack_side_by_side`): at most ``RECOMPUTE_BUDGET``
+        times its count. ``plus`` (untargeted FAB differentiates every logit) declares no cost model.
         """
         components = self.components or COMPONENTS.get(self.variant)
         if components is None:
             return None
         draws = RAND_EOT if self.variant == "rand" else 1
         apgd = gradient_steps(n * draws, self.n_iter + 1) + Passes(n)
-        cost = {"apgd-ce": apgd + Passes(n), "apgd-dlr": apgd + Passes(n), "apgd-t": apgd * TARGETS + Passes(n),
-                "fab-t": (gradient_steps(n, self.n_iter) + Passes(n * (self.n_iter + 3))) * TARGETS + Passes(n),
+        side_by_side = RECOMPUTE_BUDGET if self.engine == "robench" and self.early_stop else 1
+        cost = {"apgd-ce": apgd + Passes(n), "apgd-dlr": apgd + Passes(n),
+                "apgd-t": apgd * (TARGETS * side_by_side) + Passes(n),
+                "fab-t": (gradient_steps(n, FAB_ITER) + Passes(n * (FAB_ITER + 3))) * TARGETS + Passes(n),
                 "square": Passes(n * (QUERIES + 3))}
         checks = 3 if self.variant == "rand" else 8
         total = Passes(n * (checks + len(components)) + 1)

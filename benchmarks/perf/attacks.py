@@ -10,7 +10,8 @@ only the attack calls (robust accuracy is computed afterwards, untimed, in float
       (which PGD breaks entirely), and again on the robust ``convex-cifar-small``, where the
       accuracy effect of early stop and bf16 can show;
   (b) ``pyautoattack.AutoAttack(version="standard").run_standard_evaluation`` against robench's
-      ``autoattack`` (``engine=robench``: its own APGD, where broken examples leave the batch), on
+      ``autoattack`` (``engine=robench``: its own APGD and FAB-T, where broken examples leave the
+      batch and target classes run side by side, and its own Linf Square), on
       ``resnet18-standard`` (APGD-CE breaks every image, so only it runs; target ratio >= 5) and
       on the robust ``convex-cifar-small`` (``--robust-n`` images, default 32), where all four
       components run (target >= 1.2);
@@ -33,6 +34,8 @@ the exit code is 0 unless something raises.
 Run from the repository root::
 
     ROBENCH_DATA=../shared/data .venv/bin/python benchmarks/perf/attacks.py --n 64 --repeats 3
+
+``--sections autoattack autoattack-robust`` times only the AutoAttack comparisons.
 """
 
 from __future__ import annotations
