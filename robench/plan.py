@@ -4,7 +4,7 @@ A pass is one example through a pipeline once, forward or backward (an EOT view'
 ``eot`` passes). Per cell, scoring spends ``draws`` forwards per example twice (clean and
 re-scoring), the attack what its declared cost model says (:meth:`robench.attack.Attack.passes`,
 with every example counted as attacked: an upper bound where some are misclassified clean),
-and the sanity checks one gradient of up to 16 examples. Time comes from a short calibration
+and the sanity checks one gradient of a few examples. Time comes from a short calibration
 of each pipeline on the current device, or from a throughput the user gives.
 """
 
@@ -21,7 +21,7 @@ from torch import nn
 
 from robench.attack import Passes
 from robench.cell import Cell
-from robench.checks import GRADIENT_KINDS
+from robench.checks import CHECKED, GRADIENT_KINDS
 from robench.compute import batch_count
 from robench.missing import Expected, split_missing
 from robench.resolve import Resolver
@@ -30,7 +30,7 @@ from robench.store import Store
 from robench.target import split_eot
 from robench.views import attack_view, attacked_defense, scored_view
 
-CHECKED = 16  # examples the gradient check of robench.checks differentiates
+CALIBRATED = 16  # examples each pipeline's calibration passes through
 BACKWARD_IN_FORWARDS = 2  # with a user's throughput, a backward pass costs two forward passes
 
 
@@ -158,7 +158,7 @@ class _Timer:
                   ) -> tuple[float, float]:
         if key not in self.measured:
             examples = self.resolver.cell_examples(cell)
-            x = examples.x[: min(cell.batch_size, CHECKED)].to(self.resolver.device)
+            x = examples.x[: min(cell.batch_size, CALIBRATED)].to(self.resolver.device)
             self.measured[key] = calibrate(module(), x, backward=backward)
         return self.measured[key]
 
