@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from robench.views import attack_view, attacked_defense
+from robench.views import attack_view, attack_view_parts, attacked_defense
 
 GRADIENT_KINDS = ("white-box", "transfer")
 CHECKED = 8  # examples the checks look at: the first of the cell's first batch
@@ -42,9 +42,8 @@ def run_checks(cell, resolver) -> list[str]:
     if not defense.stochastic and once("randomness", (defense,), lambda: undeclared_randomness(defense, x)):
         flags.append("undeclared-randomness")
     if resolver.attack(cell.attack).kind in GRADIENT_KINDS:
-        viewed = (cell.setting, cell.eot, *map(resolver.model, (cell.model, *cell.sources)),
-                  None if attacked is None else resolver.defense(attacked))
-        flags += once("gradient", viewed, lambda: gradient_flags(attack_view(cell, resolver), x, y))
+        flags += once("gradient", attack_view_parts(cell, resolver),
+                      lambda: gradient_flags(attack_view(cell, resolver), x, y))
     if attacked is not None:
         surrogate = resolver.defense(attacked)
         if once("surrogate", (surrogate,), lambda: surrogate_mismatch(surrogate, x)):
