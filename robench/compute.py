@@ -138,8 +138,9 @@ def run_task(task: Task, resolver: Resolver) -> Iterator[Event]:
     """Flags (if asked) and the task's batches as events; an exception fails every stage of the task.
 
     A batch is handed on only after the stage's guard finds its models and defenses unchanged
-    (fingerprints taken before its sanity checks); a plugin that changed one fails the task, and
-    the changed object is rebuilt for the next task.
+    (fingerprints taken when the resolver first guarded them, before any sanity check or attack
+    ran on them); a plugin that changed one fails the task, and the changed object is rebuilt
+    for the next task.
     """
     try:
         guards = {s.key: cell_guard(s.cell, resolver) for s in task.stages}

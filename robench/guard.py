@@ -75,7 +75,7 @@ class Guard:
     change made at any time since.
     """
 
-    def __init__(self, objects: list[Guarded], original: Callable[[nn.Module], dict] = None):
+    def __init__(self, objects: list[Guarded], original: Callable[[nn.Module], dict] | None = None):
         self.objects = objects
         self.before = [(original or fingerprint)(found.module) for found in objects]
 
