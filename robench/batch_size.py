@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from robench.cell import AUTO_BATCH, Cell
+from robench.cell import AUTO_BATCH, LIMITS, Cell
 from robench.views import attack_view, attack_view_parts
 
 CUDA_START = 16
@@ -51,6 +51,7 @@ def largest_fitting(step: Step, *, limit: int, start: int = CUDA_START, margin: 
             tried[size] = True
         except out_of_memory:
             tried[size] = False
+        if not tried[size]:  # outside the except clause: its traceback no longer holds the step's tensors
             cleanup()
         return tried[size]
 
@@ -122,7 +123,7 @@ def choose(cell: Cell, resolver) -> tuple[int, dict]:
     """The batch size for an ``auto`` cell on the resolver's device, and how it was chosen."""
     device = resolver.device
     if device.type == "cuda":
-        return largest_fitting(attack_step(cell, resolver), limit=cell.n)
+        return largest_fitting(attack_step(cell, resolver), limit=min(cell.n, LIMITS["batch_size"]))
     sizes = [size for size in CPU_SIZES if size < cell.n] + [min(cell.n, max(CPU_SIZES))]
     if len(sizes) == 1:
         return sizes[0], {"rule": "the whole cell: no larger batch than its n is tried"}
@@ -137,7 +138,7 @@ def resolve_auto(cell: Cell, resolver, earlier: dict[str, dict]) -> tuple[Cell, 
     """
     if cell.batch_size != AUTO_BATCH:
         return cell, {}
-    record = earlier.get(auto_signature(cell))
+    record = earlier.get(auto_signature(cell.to_json()))
     if record is None:
         key = ("batch size", resolver.device, cell.n, *attack_view_parts(cell, resolver),
                id(resolver.cell_examples(cell)))
@@ -146,9 +147,9 @@ def resolve_auto(cell: Cell, resolver, earlier: dict[str, dict]) -> tuple[Cell, 
     return replace(cell, batch_size=record["chosen"]), {"batch_size": record}
 
 
-def auto_signature(cell: Cell) -> str:
-    """A cell's spec without its batch size: what identifies an ``auto`` cell across runs."""
-    return json.dumps({k: v for k, v in cell.to_json().items() if k != "batch_size"}, sort_keys=True)
+def auto_signature(spec: dict) -> str:
+    """A cell's spec (:meth:`Cell.to_json`, or as stored) without its batch size: an ``auto`` cell across runs."""
+    return json.dumps({k: v for k, v in spec.items() if k != "batch_size"}, sort_keys=True)
 
 
 def earlier_choices(store, benchmark: str | None, cells: list[Cell]) -> dict[str, dict]:
@@ -162,5 +163,5 @@ def earlier_choices(store, benchmark: str | None, cells: list[Cell]) -> dict[str
     for record in store.benchmark_cells(benchmark):
         entry = record.provenance.get("batch_size")
         if isinstance(entry, dict) and entry.get("requested") == AUTO_BATCH:
-            chosen[auto_signature(Cell.from_json(record.spec))] = entry
+            chosen[auto_signature(record.spec)] = entry
     return chosen
