@@ -45,7 +45,7 @@ def evaluate(
     seed: int = 0,
     draws: int = 10,
     eot: int = 10,
-    batch_size: int = 64,
+    batch_size: int | str = 64,
     differentiable: bool | None = None,
     stochastic: bool | None = None,
     device: str = "auto",

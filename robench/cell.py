@@ -14,6 +14,7 @@ SETTINGS = ("adaptive", "oblivious", "transfer", "surrogate-defense", "restored"
 # fails at once instead of allocating without end.
 LIMITS = {"n": 10_000_000, "draws": 10_000, "eot": 10_000, "batch_size": 65_536}
 SEED_LIMIT = 2**63  # seeds are int64 for torch and numpy
+AUTO_BATCH = "auto"  # batch_size chosen by the runner for the device (robench.batch_size)
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Cell:
     seed: int = 0
     draws: int = 1
     eot: int = 1
-    batch_size: int = 64
+    batch_size: int | str = 64  # or AUTO_BATCH until the runner chooses it
     sources: tuple[Spec, ...] = field(default=())
     attack_defense: Spec | None = None
     restore_from: Spec | None = None
@@ -73,8 +74,11 @@ class Cell:
             raise SpecError(f"restore_from belongs to the 'restored' setting, not {brief(self.setting)}")
         for name, most in LIMITS.items():
             value = getattr(self, name)
+            if name == "batch_size" and value == AUTO_BATCH:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
-                raise SpecError(f"{name} must be a positive integer (at most {most:,}), got {brief(value)}")
+                auto = f" or {AUTO_BATCH}" if name == "batch_size" else ""
+                raise SpecError(f"{name} must be a positive integer (at most {most:,}){auto}, got {brief(value)}")
         for name in ("seed", "sample_seed"):
             value = getattr(self, name)
             if value is None and name == "sample_seed":

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 _CHUNK = 1 << 20
+RACY_S = 2.0
 
 
 class CheckpointError(ValueError):
@@ -16,7 +20,22 @@ class CheckpointError(ValueError):
 
 
 def sha256_of(path: "str | Path") -> str:
-    """Hex sha256 of a file, read in chunks."""
+    """Hex sha256 of a file, read in chunks; remembered per version of the file (path, inode, size, modification time).
+
+    Every model or defense built in a process hashes its weights: remembering saves reading them
+    again. A file modified in the last ``RACY_S`` seconds is hashed afresh every time, since a
+    rewrite within the file system's timestamp granularity would keep its modification time
+    (git's "racy" files).
+    """
+    path = os.path.realpath(path)
+    stat = os.stat(path)
+    if time.time() - stat.st_mtime < RACY_S:
+        return _sha256.__wrapped__(path)
+    return _sha256(path, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _sha256(path: str, *version: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(_CHUNK), b""):

@@ -11,26 +11,42 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from robench.views import attack_view, attacked_defense
+from robench.views import attack_view, attack_view_parts, attacked_defense
 
 GRADIENT_KINDS = ("white-box", "transfer")
+CHECKED = 8  # examples the checks look at: the first of the cell's first batch
 
 
 def run_checks(cell, resolver) -> list[str]:
-    """Flags for one cell, computed on its first batch with a fixed seed."""
+    """Flags for one cell, computed on the first ``CHECKED`` examples of its first batch with a fixed seed.
+
+    Each check's answer depends only on the modules it runs, those examples and the seed, so the
+    resolver remembers it: the cells of a grid that share them (other attacks, other budgets)
+    reuse it instead of running the check again. A module the guard found changed is rebuilt,
+    and so checked anew.
+    """
     examples = resolver.cell_examples(cell)
-    x = examples.x[: min(cell.batch_size, 16)].to(resolver.device)
+    x = examples.x[: min(cell.batch_size, CHECKED)].to(resolver.device)
     y = examples.y[: len(x)].to(resolver.device)
+
+    def once(name: str, modules: tuple, check):
+        def seeded():
+            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+                torch.manual_seed(cell.seed)
+                return check()
+
+        return resolver.remembered((name, id(examples), len(x), cell.seed, *modules), seeded)
+
     flags = []
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        torch.manual_seed(cell.seed)
-        defense = resolver.defense(cell.defense)
-        if not defense.stochastic and undeclared_randomness(defense, x):
-            flags.append("undeclared-randomness")
-        if resolver.attack(cell.attack).kind in GRADIENT_KINDS:
-            flags += gradient_flags(attack_view(cell, resolver), x, y)
-        attacked = attacked_defense(cell)
-        if attacked is not None and surrogate_mismatch(resolver.defense(attacked), x):
+    defense, attacked = resolver.defense(cell.defense), attacked_defense(cell)
+    if not defense.stochastic and once("randomness", (defense,), lambda: undeclared_randomness(defense, x)):
+        flags.append("undeclared-randomness")
+    if resolver.attack(cell.attack).kind in GRADIENT_KINDS:
+        flags += once("gradient", attack_view_parts(cell, resolver),
+                      lambda: gradient_flags(attack_view(cell, resolver), x, y))
+    if attacked is not None:
+        surrogate = resolver.defense(attacked)
+        if once("surrogate", (surrogate,), lambda: surrogate_mismatch(surrogate, x)):
             flags.append("surrogate-mismatch")
     return flags
 

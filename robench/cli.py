@@ -29,6 +29,24 @@ USAGE_ERRORS = (SpecError, ConfigError, registry.PluginError, FileNotFoundError)
 INTERRUPTED = 130  # the shell's exit code for Ctrl-C (128 + SIGINT)
 
 
+class BatchSize(click.ParamType):
+    """A positive number of examples per batch, or ``auto`` (robench.batch_size chooses one for the device)."""
+
+    name = "INTEGER|auto"
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        try:
+            size = int(value)
+        except (TypeError, ValueError):
+            size = 0
+        if size < 1:
+            self.fail(f"{brief(value)} is not a batch size; give a positive integer, or auto to choose the largest "
+                      "that fits the device (GPU) or the fastest (CPU)", param, ctx)
+        return size
+
+
 class LazyGroup(click.Group):
     """A click group whose ``lazy`` subcommands (name -> (``module:attribute``, short help)) load when called."""
 
@@ -124,7 +142,8 @@ def ls_command(kind, name):
 @click.option("--seed", type=int, help="Seed of the attack and defense randomness.")
 @click.option("--draws", type=int, help="Re-scoring draws for stochastic defenses.")
 @click.option("--eot", type=int, help="EOT draws in the adaptive view of stochastic defenses.")
-@click.option("--batch-size", type=int, help="Examples per batch.")
+@click.option("--batch-size", type=BatchSize(),
+              help="Examples per batch, or auto: the largest that fits the GPU for the attack, the fastest on CPU.")
 @click.option("--name", help="Benchmark name for an ad-hoc grid (default: adhoc-<dataset>-<hash of its cells>).")
 @click.option("--store", "store_path", type=click.Path(dir_okay=False), help=STORE_HELP)
 @click.option("--results", "results_dir", type=click.Path(file_okay=False), default=str(DEFAULT_RESULTS), show_default=True)
@@ -178,7 +197,7 @@ def run_command(benchmark, dataset, models, defenses, attacks, settings, eps, no
             from robench.plan import plan_grid, render_plan
 
             plan = plan_grid(list(grid.cells), store_path, device=torch_device, expected=grid.expected,
-                             throughput=throughput)
+                             throughput=throughput, benchmark=title)
             click.echo(render_plan(plan, title), nl=False)
             return
         ray_options = {"address": address, "gpus_per_cell": gpus_per_cell, "cpus_per_cell": cpus_per_cell,

@@ -16,7 +16,7 @@ import torch
 from robench import checks
 from robench.cell import Cell
 from robench.env import batch_seed
-from robench.guard import Guard, Guarded, ObjectModified
+from robench.guard import Guard, Guarded, ObjectModified, fingerprint
 from robench.resolve import Resolver
 from robench.scoring import score_batch
 from robench.views import attack_view, restored_points, scored_view
@@ -91,7 +91,8 @@ def cell_guard(cell: Cell, resolver: Resolver) -> Guard:
               for spec in dict.fromkeys((cell.model, *cell.sources))]
     defenses = [Guarded("defenses", spec, resolver.defense(spec), (f"defense {spec}", *attacks))
                 for spec in dict.fromkeys(filter(None, (cell.defense, cell.attack_defense)))]
-    return Guard(models + defenses)
+    return Guard(models + defenses, original=lambda module: resolver.remembered(("fingerprint", module),
+                                                                               lambda: fingerprint(module)))
 
 
 def evaluate_cell(cell: Cell, key: str, resolver: Resolver, batches: "tuple[int, ...] | None" = None, *,
@@ -137,14 +138,16 @@ def run_task(task: Task, resolver: Resolver) -> Iterator[Event]:
     """Flags (if asked) and the task's batches as events; an exception fails every stage of the task.
 
     A batch is handed on only after the stage's guard finds its models and defenses unchanged
-    (fingerprints taken before its sanity checks); a plugin that changed one fails the task, and
-    the changed object is rebuilt for the next task.
+    (fingerprints taken when the resolver first guarded them, before any sanity check or attack
+    ran on them); a plugin that changed one fails the task, and the changed object is rebuilt
+    for the next task.
     """
     try:
         guards = {s.key: cell_guard(s.cell, resolver) for s in task.stages}
         flags = {s.key: checks.run_checks(s.cell, resolver) for s in task.stages if s.checks}
-        for guard in guards.values():
-            guard.check()
+        for stage in task.stages:
+            if not stage.batches:  # no batch of the stage follows whose check would catch a change the checks made
+                guards[stage.key].check()
         if len(task.stages) == 1:
             (stage,) = task.stages
             batches = evaluate_cell(stage.cell, stage.key, resolver, stage.batches)

@@ -44,7 +44,7 @@ from robench.threat import ThreatModel
 AXES = ("models", "defenses", "attacks", "settings", "eps")
 SCALARS = {
     "dataset": str, "split": str, "n": int, "sample_seed": (int, type(None)), "seed": int, "draws": int,
-    "eot": int, "batch_size": int, "norm": str, "sources": list, "attack_defense": (str, type(None)),
+    "eot": int, "batch_size": (int, str), "norm": str, "sources": list, "attack_defense": (str, type(None)),
     "restore_from": (str, type(None)), "cascade": bool,
 }
 META = ("name", "description", "grids", "paper", "pending", "checkpoints")

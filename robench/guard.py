@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import chain
+from typing import Callable
 
 import torch
 from torch import nn
@@ -67,11 +68,16 @@ def changes(before: dict[str, tuple], after: dict[str, tuple]) -> list[str]:
 
 
 class Guard:
-    """Fingerprints of a cell's models and defenses, taken now, and a check that they still hold."""
+    """Fingerprints of a cell's models and defenses, and a check that they still hold.
 
-    def __init__(self, objects: list[Guarded]):
+    ``original`` gives an object's fingerprint as first seen (default: taken now); a run that
+    remembers it per object fingerprints each object once, not once per cell, and catches a
+    change made at any time since.
+    """
+
+    def __init__(self, objects: list[Guarded], original: Callable[[nn.Module], dict] | None = None):
         self.objects = objects
-        self.before = [fingerprint(found.module) for found in objects]
+        self.before = [(original or fingerprint)(found.module) for found in objects]
 
     def check(self) -> None:
         """Raise :class:`ObjectModified` naming the object, what changed and the plugins that ran on it."""

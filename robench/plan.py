@@ -4,14 +4,14 @@ A pass is one example through a pipeline once, forward or backward (an EOT view'
 ``eot`` passes). Per cell, scoring spends ``draws`` forwards per example twice (clean and
 re-scoring), the attack what its declared cost model says (:meth:`robench.attack.Attack.passes`,
 with every example counted as attacked: an upper bound where some are misclassified clean),
-and the sanity checks one gradient of up to 16 examples. Time comes from a short calibration
+and the sanity checks one gradient of a few examples. Time comes from a short calibration
 of each pipeline on the current device, or from a throughput the user gives.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -20,8 +20,9 @@ from tabulate import tabulate
 from torch import nn
 
 from robench.attack import Passes
-from robench.cell import Cell
-from robench.checks import GRADIENT_KINDS
+from robench.batch_size import earlier_choices
+from robench.cell import AUTO_BATCH, Cell
+from robench.checks import CHECKED, GRADIENT_KINDS
 from robench.compute import batch_count
 from robench.missing import Expected, split_missing
 from robench.resolve import Resolver
@@ -30,7 +31,7 @@ from robench.store import Store
 from robench.target import split_eot
 from robench.views import attack_view, attacked_defense, scored_view
 
-CHECKED = 16  # examples the gradient check of robench.checks differentiates
+CALIBRATED = 16  # examples each pipeline's calibration passes through
 BACKWARD_IN_FORWARDS = 2  # with a user's throughput, a backward pass costs two forward passes
 
 
@@ -90,16 +91,21 @@ def plan_grid(
     expected: Expected | None = None,
     objects: Mapping[str, nn.Module] | None = None,
     throughput: float | None = None,
+    benchmark: str | None = None,
 ) -> GridPlan:
-    """The plan of a grid against a store (which is only read; absent: everything is computed)."""
+    """The plan of a grid against a store (which is only read; absent: everything is computed).
+
+    ``benchmark`` names the grid in the store, where its ``auto`` cells find the batch sizes
+    earlier runs chose.
+    """
     cells, missing = split_missing(cells, expected)
     resolver = Resolver(device, objects)
-    prepared = prepare(cells, resolver)
-    cascades(prepared)  # a cascade missing one of its attacks is refused here as by the run
     store = Store(store_path, create=False) if store_path is not None and Path(store_path).is_file() else None
-    timer = _Timer(resolver, throughput)
-    plans = [_missing_plan(cell, reason, resolver, throughput) for cell, reason in missing.items()]
     try:
+        prepared = prepare(cells, resolver, {} if store is None else earlier_choices(store, benchmark, cells))
+        cascades(prepared)  # a cascade missing one of its attacks is refused here as by the run
+        timer = _Timer(resolver, throughput)
+        plans = [_missing_plan(cell, reason, resolver, throughput) for cell, reason in missing.items()]
         for cell, key, _ in prepared:
             record = store.cell(key) if store is not None else None
             if record is not None and record.status == "done":
@@ -121,8 +127,11 @@ def _missing_plan(cell: Cell, reason: str, resolver: Resolver, throughput: float
     """A missing cell's passes once it can run, from its attacks alone (nothing else of it can be built yet).
 
     Its draws and EOT count as given (not reduced for a deterministic defense): an upper bound.
-    Timed only with a given throughput; an attack that is itself missing leaves it uncosted.
+    Timed only with a given throughput; an attack that is itself missing leaves it uncosted. An
+    ``auto`` batch size, chosen once it can run, is costed as one batch.
     """
+    if cell.batch_size == AUTO_BATCH:
+        cell = replace(cell, batch_size=cell.n)
     try:
         scoring, attack = cell_passes(cell, resolver, list(range(batch_count(cell))))
     except Exception:  # the attack itself is a pending plugin: no cost model to read
@@ -158,7 +167,7 @@ class _Timer:
                   ) -> tuple[float, float]:
         if key not in self.measured:
             examples = self.resolver.cell_examples(cell)
-            x = examples.x[: min(cell.batch_size, CHECKED)].to(self.resolver.device)
+            x = examples.x[: min(cell.batch_size, CALIBRATED)].to(self.resolver.device)
             self.measured[key] = calibrate(module(), x, backward=backward)
         return self.measured[key]
 

@@ -31,6 +31,7 @@ class Resolver:
         self.objects = dict(objects or {})
         self.modified: dict[str, str] = {}  # in-memory objects a plugin changed (they cannot be rebuilt), and how
         self._cache: dict[tuple[str, Spec], nn.Module] = {}
+        self._remembered: dict[tuple, object] = {}
         self.attack = lru_cache(maxsize=None)(self._attack)
         self.examples = lru_cache(maxsize=None)(self._examples)
 
@@ -47,9 +48,16 @@ class Resolver:
             self._cache[kind, spec] = build(spec)
         return self._cache[kind, spec]
 
+    def remembered(self, key: tuple, compute):
+        """``compute()``, once per ``key`` for this resolver (a key holding modules is identified by them)."""
+        if key not in self._remembered:
+            self._remembered[key] = compute()
+        return self._remembered[key]
+
     def forget(self, kind: str, spec: Spec, why: str) -> None:
-        """Drop a changed model or defense: a plugin is rebuilt on next use, an in-memory object is refused."""
-        self._cache.pop((kind, spec), None)
+        """Drop a changed model or defense, and what was remembered of it: a plugin is rebuilt on next use, an in-memory object is refused."""
+        module = self._cache.pop((kind, spec), None)
+        self._remembered = {key: value for key, value in self._remembered.items() if module not in key}
         if str(spec) in self.objects:
             self.modified[str(spec)] = why
 
@@ -115,6 +123,7 @@ class Resolver:
         """What besides the cell determines its numbers: versions, checkpoint hashes, data fingerprint."""
         defenses = [cell.defense] + ([cell.attack_defense] if cell.attack_defense else [])
         restore = {} if cell.restore_from is None else {"restore_attack_version": self.attack(cell.restore_from).version}
+        examples = self.cell_examples(cell)
         return {
             **restore,
             "robench": robench.__version__,
@@ -124,5 +133,5 @@ class Resolver:
                 **{str(s): getattr(self.model(s), "checkpoints", {}) for s in (cell.model, *cell.sources)},
                 **{str(s): self.defense(s).checkpoints for s in defenses},
             },
-            "data": self.cell_examples(cell).fingerprint(),
+            "data": self.remembered(("data", id(examples)), examples.fingerprint),
         }

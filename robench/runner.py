@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robench import checks, device_options
+from robench.batch_size import earlier_choices, resolve_auto
 from robench.cell import Cell, cell_key
 from robench.compute import BatchDone, Event, Stage, Task, TaskFailed, batch_count, batch_size_of
 from robench.env import environment
@@ -80,18 +81,21 @@ def normalise(cell: Cell, resolver: Resolver) -> Cell:
     return cell.normalised(draws_matter=draws_matter, eot_matters=eot_matters)
 
 
-def prepare(cells: list[Cell], resolver: Resolver) -> list[tuple[Cell, str, dict]]:
-    """Check every cell and compute its key; any configuration error stops the grid before it runs."""
+def prepare(cells: list[Cell], resolver: Resolver, earlier: dict[str, dict] | None = None
+            ) -> list[tuple[Cell, str, dict]]:
+    """Check every cell, choose its batch size if ``auto`` (as ``earlier`` runs did, see :mod:`robench.batch_size`)
+    and compute its key; any configuration error stops the grid before it runs."""
     prepared, problems = [], []
     for cell in cells:
         try:
             cell = normalise(cell, resolver)
             resolver.check(cell)
+            cell, chosen = resolve_auto(cell, resolver, earlier or {})
             provenance = resolver.provenance(cell)
         except Exception as err:  # every configuration problem is reported, then the grid stops
             problems.append(f"{describe_cell(cell)}: {err}")
             continue
-        prepared.append((cell, cell_key(cell, provenance), provenance))
+        prepared.append((cell, cell_key(cell, provenance), {**provenance, **chosen}))
     if problems:
         listed = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
         raise ConfigError(f"{len(problems)} of {len(cells)} cells cannot run:\n  {listed}")
@@ -126,7 +130,7 @@ def run_grid(
     store.check_integrity()
     cells, missing = split_missing(cells, expected)
     resolver = Resolver(device, objects)
-    prepared = prepare(cells, resolver)
+    prepared = prepare(cells, resolver, earlier_choices(store, benchmark, cells))
     store.check_cells([key for _, key, _ in prepared], full=True)
     chains = cascades(prepared)
     result = GridResult(missing={missing_key(cell): reason for cell, reason in missing.items()})
@@ -177,7 +181,8 @@ def recompute(keys: list[str], store: Store, *, device: torch.device, command: s
                 result.failed[key] = ("the current plugins, checkpoints or data give this cell another key; "
                                       "rerun the benchmark it belongs to")
                 continue
-            tasks = driver.admit([(cell, key, provenance)], {key: driver.wait_for_claim(key)}, None)
+            chosen = {k: v for k, v in store.cell(key).provenance.items() if k == "batch_size"}  # an auto cell's
+            tasks = driver.admit([(cell, key, {**provenance, **chosen})], {key: driver.wait_for_claim(key)}, None)
             driver.execute(tasks, LocalExecutor(), 1, False)
     store.finish_run(run_id)
     return result

@@ -41,6 +41,13 @@ def attack_view(cell: Cell, resolver) -> nn.Module:
     return adaptive_view(model, resolver.defense(defense), eot_draws=cell.eot)
 
 
+def attack_view_parts(cell: Cell, resolver) -> tuple:
+    """What a cell's attack view is made of (setting, EOT draws, models, attacked defense): equal parts, equal views."""
+    attacked = attacked_defense(cell)
+    return (cell.setting, cell.eot, *map(resolver.model, (cell.model, *cell.sources)),
+            None if attacked is None else resolver.defense(attacked))
+
+
 def scored_view(cell: Cell, resolver) -> nn.Module:
     """The module whose predictions count: the defended pipeline, or the bare model in ``restored`` (DIR Eq. 9)."""
     model = resolver.model(cell.model)

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from robench import registry
 from robench.attack import Passes
+from robench.checks import CHECKED
 from robench.cli import main
 from robench.objects import object_name
 from robench.plan import cell_passes, plan_grid, render_plan
@@ -90,7 +91,7 @@ def test_the_plan_splits_stored_partial_and_new_cells_and_times_them(tmp_path):
     plan = plan_grid(cells, path, device=CPU, throughput=1000.0)
     fgsm, pgd, ssp = (next(p for p in plan.cells if p.cell.attack.name == name) for name in ("fgsm", "pgd", "ssp"))
     assert fgsm.status == "stored" and pgd.status == ssp.status == "compute"
-    assert pgd.batches == 2 and pgd.passes == Passes(64 * 2 + 64 * 5 + 16, 64 * 5 + 16)
+    assert pgd.batches == 2 and pgd.passes == Passes(64 * 2 + 64 * 5 + CHECKED, 64 * 5 + CHECKED)
     assert pgd.seconds == pytest.approx((pgd.passes.forward + 2 * pgd.passes.backward) / 1000)
     assert ssp.passes is None and ssp.seconds is None
     text = render_plan(plan, "t")
@@ -118,5 +119,7 @@ def test_a_cell_waiting_for_a_checkpoint_is_costed_from_its_attack(tmp_path):
     plan = plan_grid([tiny_cell(model="tiny:weights=later.pt")], None, device=CPU, expected=expected, throughput=100.0)
     (waiting,) = plan.cells
     assert waiting.status == "missing" and "later.pt not found" in waiting.reason
-    assert waiting.passes == Passes(96 * 2 + 96 * 5 + 16, 96 * 5 + 16)
-    assert "the 1 missing cells, once they can run: 688 forward and 496 backward passes" in render_plan(plan, "t")
+    assert waiting.passes == Passes(96 * 2 + 96 * 5 + CHECKED, 96 * 5 + CHECKED)
+    forward, backward = 96 * 7 + CHECKED, 96 * 5 + CHECKED
+    assert f"the 1 missing cells, once they can run: {forward} forward and {backward} backward passes" in render_plan(
+        plan, "t")
