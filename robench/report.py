@@ -160,8 +160,9 @@ def leaderboard_document(frame: pd.DataFrame, *, title: str, commands: list[str]
                          figures: tuple[tuple[str, str], ...] = (), cell_href=None) -> Document:
     """The leaderboard as a :class:`Document`: constant columns in the header, the pivot, then every cell."""
     constant = {c: _only(frame[c]) for c in CONSTANT if c in frame}
-    constant = {c: v for c, v in constant.items() if v}  # a column empty in every row (no sources) is left out
-    header = tuple((c, v) for c, v in constant.items()) + provenance(frame["device"], frame["versions"])
+    constant = {c: v for c, v in constant.items() if v is not None}
+    # a column empty in every row (no sources) is neither shown nor put in the header
+    header = tuple((c, v) for c, v in constant.items() if v) + provenance(frame["device"], frame["versions"])
     flags = flag_notes(frame["flags"])
     missing = frame[frame["status"] == "missing"]
     lines = []

@@ -83,6 +83,7 @@ def test_leaderboard_is_regenerated_identically_from_the_store_alone(tmp_path):
     csv_text, md_text = first
     assert csv_text.splitlines()[0].startswith("defense,model,dataset,threat,setting,sources,attack,clean_acc,robust_acc,n")
     assert "robench run x" in md_text and "| bit-depth" in md_text
+    assert "sources" not in md_text, "no transfer cell: the empty sources column is left out of the markdown"
 
 
 def test_error_cells_appear_with_an_error_flag(tmp_path):
