@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 DATA = Path(os.environ.get("ROBENCH_TEST_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 needs_cifar = pytest.mark.skipif(
@@ -32,7 +33,6 @@ def offline(monkeypatch, tmp_path) -> Path:
 @pytest.fixture
 def small_target(tmp_path) -> str:
     """A model spec of a small CNN with fixed random weights saved as a checkpoint: a target to train in front of."""
-    import torch
 
     from robench.models import small_cnn
 
@@ -43,7 +43,6 @@ def small_target(tmp_path) -> str:
 
 def assert_resumes_bit_identically(run, folder: Path) -> None:
     """``run(name, epochs)`` trains into ``folder / name``: two epochs straight and one-then-resumed give equal weights."""
-    import torch
 
     from robench.train import Runtime
 
@@ -60,9 +59,20 @@ def assert_resumes_bit_identically(run, folder: Path) -> None:
 @pytest.fixture
 def one_torch_thread():
     """One torch thread for the test: tiny per-image work where extra threads only spin (on a shared 2-core machine)."""
-    import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class CountingImages(torch.nn.Module):
+    """Counts the images its wrapped model sees (``images``): the forward passes an attack spends."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.images = model, 0
+
+    def forward(self, x):
+        self.images += len(x)
+        return self.model(x)

@@ -23,7 +23,7 @@ from robench.runner import run_grid
 from robench.store import Store
 from robench.target import EOT, Pipeline, adaptive_view
 from robench.threat import ThreatModel
-from tests.conftest import DATA, needs_cifar
+from tests.conftest import CountingImages, DATA, needs_cifar
 
 CPU = torch.device("cpu")
 LINF8 = ThreatModel("Linf", 8 / 255)
@@ -139,22 +139,10 @@ def test_apgd_without_early_stop_is_the_official_apgd_bit_for_bit(norm, eps, los
     assert torch.equal(ours, reference), "same ops in the same order: the same floats"
 
 
-class _Counting(torch.nn.Module):
-    """Counts the images its wrapped model sees."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.images = model, 0
-
-    def forward(self, x):
-        self.images += len(x)
-        return self.model(x)
-
-
 @pytest.mark.parametrize("targeted", [False, True])
 def test_apgd_early_stop_drops_broken_examples_and_keeps_every_outcome(targeted):
     model, x, y = _apgd_pair()
-    counting = _Counting(model)
+    counting = CountingImages(model)
     run = partial(apgd_targeted, n_targets=3) if targeted else apgd
     outcomes, images = [], []
     for early_stop in (False, True):
@@ -184,7 +172,7 @@ def test_autoattack_robench_engine_without_early_stop_returns_the_official_point
 
 def test_autoattack_rand_averages_20_draws_per_step_and_keeps_every_example_by_default():
     model, x, y = _apgd_pair()
-    counting = _Counting(Pipeline(model, Jitter()))
+    counting = CountingImages(Pipeline(model, Jitter()))
     attack = registry.build("attacks", "autoattack:variant=rand,n_iter=5")
     attack.components = ("apgd-ce",)
     assert not attack.early_stop and registry.build("attacks", "autoattack").early_stop

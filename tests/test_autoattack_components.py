@@ -13,21 +13,9 @@ from robench.attacks.autoattack import AutoAttack
 from robench.attacks.fab import fab_targeted
 from robench.attacks.square import square_linf
 from robench.threat import ThreatModel
-from tests.conftest import needs_cifar
+from tests.conftest import CountingImages, needs_cifar
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-class _Counting(torch.nn.Module):
-    """Counts the images its wrapped model sees."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.images = model, 0
-
-    def forward(self, x):
-        self.images += len(x)
-        return self.model(x)
 
 
 def _pair():
@@ -62,7 +50,7 @@ def test_apgd_runs_side_by_side_give_the_points_of_runs_one_at_a_time(eps, monke
 def test_apgd_runs_side_by_side_spend_at_most_their_budget_of_gradient_steps(budget, monkeypatch):
     model, x, y = _pair()
     monkeypatch.setattr(apgd_module, "RECOMPUTE_BUDGET", budget)
-    counting = _Counting(model)
+    counting = CountingImages(model)
     with torch.no_grad():
         attacked = int((model(x).argmax(1) == y).sum())
     # at 2/255 a run breaks an example late: unbounded, the runs drawn again spend more than the official count
@@ -87,7 +75,7 @@ def test_fab_targeted_breaks_the_examples_the_official_fab_t_breaks(threat, one_
 
 def test_fab_targeted_drops_an_example_at_its_first_iterate_within_eps():
     model, x, y = _pair()
-    counting, threat = _Counting(model), ThreatModel("Linf", 4 / 255)
+    counting, threat = CountingImages(model), ThreatModel("Linf", 4 / 255)
     fab_targeted(counting, x, y, threat, n_targets=3, n_iter=20)
     # without early stop: 2 passes per step (the difference's gradient, the label check) for 3 targets x 12 images
     assert counting.images < 0.8 * 2 * 20 * 3 * len(x)
