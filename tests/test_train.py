@@ -329,6 +329,27 @@ def test_cli_ctrl_c_leaves_a_resumable_state(shared_data, tmp_path, monkeypatch)
 
 
 @needs_cifar
+@pytest.mark.parametrize("args, noted", [
+    (["--epochs", "2"], "--epochs 2 ends before the recipe's lr milestones 75,90"),
+    (["--epochs", "80"], "--epochs 80 ends before the recipe's lr milestones 90,"),
+    (["--epochs", "2", "--milestones", "3"], None),  # asked for
+    ([], None),  # the recipe's own length reaches its milestones
+])
+def test_cli_says_when_epochs_end_before_the_recipes_milestones(shared_data, tmp_path, monkeypatch, args, noted):
+    from robench.train import recipes
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipes.MadryAT, "loss", interrupt)  # the note comes before training
+    result = invoke("train", "at", "--model", "small-cnn", "--dataset", "cifar10", "-n", "64", "--eval-n", "0",
+                    *args, "--output", tmp_path / "m.pt", "--no-progress")
+    assert result.exit_code == 130
+    text = " ".join(result.output.split())
+    assert (noted in text) if noted else ("milestones" not in text)
+
+
+@needs_cifar
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -84,6 +84,10 @@ class Schedule:
         if any(not isinstance(m, int) or isinstance(m, bool) or m < 1 for m in ms) or list(ms) != sorted(set(ms)):
             raise TrainingError(f"milestones must be increasing positive epoch numbers, got {list(ms)}")
 
+    def unreached_milestones(self) -> tuple[int, ...]:
+        """The milestones after the last epoch: the learning-rate decays the run never reaches."""
+        return tuple(m for m in self.milestones if m > self.epochs)
+
     def with_overrides(self, **overrides: Any) -> "Schedule":
         """A copy with the given fields replaced; None values keep the default."""
         unknown = set(overrides) - {f.name for f in fields(self)}
