@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from robench.checks import CHECKED
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -25,13 +27,13 @@ FLAG_DOCS = {
         "robust accuracy may be overstated. Declare stochastic = True (or seed the defense)."
     ),
     "nonfinite-gradient": (
-        "The input gradient of the loss through the attacked model contains NaN or inf on the "
-        "first batch. Gradient attacks are then meaningless; the defense likely needs a BPDA "
+        f"The input gradient of the loss through the attacked model contains NaN or inf on the "
+        f"first {CHECKED} examples. Gradient attacks are then meaningless; the defense likely needs a BPDA "
         "surrogate (differentiable = False) or a numerically stable implementation."
     ),
     "surrogate-mismatch": (
         "The BPDA surrogate of a non-differentiable defense in the attacked view differs from the "
-        "real defense by more than 0.1 per pixel on average (in [0, 1] units) on the first batch. "
+        f"real defense by more than 0.1 per pixel on average (in [0, 1] units) on the first {CHECKED} examples. "
         "Gradients of a surrogate that far from the defense guide the attack poorly: the adaptive "
         "accuracy is then an upper bound; a closer surrogate may break the defense further."
     ),
@@ -67,7 +69,7 @@ FLAG_DOCS = {
         "cell, or a plugin keeps hidden state between calls: the cell's numbers are not trustworthy."
     ),
     "zero-gradient": (
-        "More than half of the first batch has an all-zero input gradient through the attacked "
+        f"More than half of the first {CHECKED} examples have an all-zero input gradient through the attacked "
         "model: a sign of gradient masking (obfuscated gradients, Athalye et al. 2018). Robust "
         "accuracy from gradient attacks is not trustworthy; try BPDA or a gradient-free attack."
     ),
