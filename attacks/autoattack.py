@@ -62,7 +62,7 @@ class AutoAttack(Attack):
     """
 
     norms = ("Linf", "L2")
-    version = "2"
+    version = "3"
     components: tuple[str, ...] | None = None
 
     def __init__(self, *, variant: str = "standard", engine: str = "robench", n_iter: int = 100,

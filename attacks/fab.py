@@ -109,8 +109,8 @@ def _run(model, x, y, ranked, ranks, threat: ThreatModel, n_iter: int, alpha_max
             settled = torch.zeros_like(is_adv)
             settled[is_adv] = distance <= threat.eps
             if settled.any():  # an example leaves at its first misclassified iterate within eps
-                done = owner[settled]
-                broken[done], found[done] = True, x1[settled]
+                first = _first_row_of_each_example(owner, settled)
+                broken[owner[first]], found[owner[first]] = True, x1[first]
                 is_adv &= ~settled
             x1[is_adv] = im2[is_adv] + (x1[is_adv] - im2[is_adv]) * beta  # the official backward step
             keep = ~broken[owner]
@@ -119,6 +119,21 @@ def _run(model, x, y, ranked, ranks, threat: ThreatModel, n_iter: int, alpha_max
                 if len(owner) == 0:
                     break
     return found, broken
+
+
+def _first_row_of_each_example(owner: torch.Tensor, settled: torch.Tensor) -> torch.Tensor:
+    """The first of the ``settled`` rows of each example: its lowest target rank (rows keep the official order).
+
+    Several targets of one example can settle in the same step. Writing all their rows into the
+    example's slot would be an assignment with repeated indices, whose result torch leaves
+    undefined (on a multi-threaded CPU it mixes pixels of different rows into a point that may
+    not be adversarial), so each example takes one row.
+    """
+    rows = settled.nonzero().squeeze(1)
+    examples, position = torch.unique(owner[rows], return_inverse=True)
+    first = torch.full((len(examples),), len(rows), dtype=torch.long, device=rows.device)
+    first.scatter_reduce_(0, position, torch.arange(len(rows), device=rows.device), reduce="amin")
+    return rows[first]
 
 
 def _difference_and_gradient(model, x1, la, la_target):

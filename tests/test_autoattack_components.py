@@ -81,6 +81,19 @@ def test_fab_targeted_drops_an_example_at_its_first_iterate_within_eps():
     assert counting.images < 0.8 * 2 * 20 * 3 * len(x)
 
 
+def test_fab_targeted_keeps_the_first_target_when_several_break_an_example_in_one_step():
+    torch.manual_seed(0)
+    _, x, y = _pair()
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(x[0].numel(), 4)).eval()
+    with torch.no_grad():
+        y = linear(x).argmax(1)  # every example clean-correct
+    # on a linear model the first FAB step crosses each target's boundary: all 3 targets settle at once
+    together = fab_targeted(linear, x, y, ThreatModel("Linf", 1.0), n_targets=3, n_iter=5)
+    first_target = fab_targeted(linear, x, y, ThreatModel("Linf", 1.0), n_targets=1, n_iter=5)
+    assert _broken(linear, together, x, y, ThreatModel("Linf", 1.0)).all()
+    assert torch.allclose(together, first_target, atol=1e-6), "the point of the lowest target rank, whole"
+
+
 def test_fab_targeted_refuses_l1():
     model, x, y = _pair()
     with pytest.raises(ValueError, match="Linf"):
