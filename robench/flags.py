@@ -27,7 +27,7 @@ FLAG_DOCS = {
         "robust accuracy may be overstated. Declare stochastic = True (or seed the defense)."
     ),
     "nonfinite-gradient": (
-        f"The input gradient of the loss through the attacked model contains NaN or inf on the "
+        "The input gradient of the loss through the attacked model contains NaN or inf on the "
         f"first {CHECKED} examples. Gradient attacks are then meaningless; the defense likely needs a BPDA "
         "surrogate (differentiable = False) or a numerically stable implementation."
     ),

@@ -331,7 +331,7 @@ def test_cli_ctrl_c_leaves_a_resumable_state(shared_data, tmp_path, monkeypatch)
 @needs_cifar
 @pytest.mark.parametrize("args, noted", [
     (["--epochs", "2"], "--epochs 2 ends before the recipe's lr milestones 75,90"),
-    (["--epochs", "80"], "--epochs 80 ends before the recipe's lr milestones 90,"),
+    (["--epochs", "80"], "--epochs 80 ends before the recipe's lr milestones 90:"),
     (["--epochs", "2", "--milestones", "3"], None),  # asked for
     ([], None),  # the recipe's own length reaches its milestones
 ])

@@ -130,8 +130,8 @@ def train_command(recipe, model, target, input_defense, dataset, epochs, batch_s
         raise click.UsageError(str(err)) from None
     unreached = plan.schedule.unreached_milestones()
     if epochs is not None and milestones is None and unreached:  # the recipe's milestones assume its own length
-        click.echo(f"note: --epochs {epochs} ends before the recipe's lr milestones {','.join(map(str, unreached))}, "
-                   f"so the learning rate never decays there; pass --milestones to decay it", err=True)
+        click.echo(f"note: --epochs {epochs} ends before the recipe's lr milestones {','.join(map(str, unreached))}: "
+                   "the learning rate never decays there; pass --milestones to decay it", err=True)
     command = "robench " + shlex.join(sys.argv[1:])
     try:
         card = plan.run(runtime=runtime, command=command) if trainer else train_target(plan, runtime=runtime,
